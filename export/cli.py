@@ -1,0 +1,146 @@
+"""`python -m export ...`: parse flags, call the exporter or the server launcher, report.
+
+Thin on purpose: no protobufs and no torch here (the text exporter is imported only when the
+`text` command runs, so `serve` starts without loading torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from export.errors import UserError
+from export.repository import DEFAULT_REPOSITORY
+from export.server import CONTROL_MODES, ServerOptions, TritonServer
+
+RUNTIME_CHOICES = ("python", "onnxruntime")
+
+
+def _add_text_command(commands: argparse._SubParsersAction) -> None:
+    text = commands.add_parser(
+        "text",
+        help="export a sentence-transformers model as a Triton text pipeline",
+        description="Writes NAME_tokenizer, NAME_encoder and the ensemble NAME (TEXT -> EMBEDDING).",
+    )
+    text.add_argument("model", help="Hugging Face hub id or local sentence-transformers folder")
+    text.add_argument("--name", required=True, help="pipeline (ensemble) name clients call")
+    text.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository folder")
+    text.add_argument(
+        "--runtime",
+        choices=RUNTIME_CHOICES,
+        default="python",
+        help="python: onnxruntime in a Python-backend model (bundled server, CPU); "
+        "onnxruntime: native onnxruntime_onnx platform of the NGC image (GPU)",
+    )
+    text.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")
+    text.add_argument("--max-batch-size", type=int, help="largest batch per model (default: 64 CPU, 128 GPU)")
+    text.add_argument("--instances", type=int, help="encoder instances (default: 1)")
+    text.add_argument("--tokenizer-instances", type=int, help="tokenizer instances (default: 1 CPU, 2 GPU)")
+    text.add_argument(
+        "--max-queue-delay-us", type=int, help="dynamic batching delay, microseconds (default: 0 CPU, 500 GPU)"
+    )
+    text.add_argument(
+        "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
+    )
+    text.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    text.add_argument("--prompt-name", help="prepend this named prompt of the model to every text")
+    text.add_argument(
+        "--trust-remote-code", action="store_true", help="allow the model's own Python code (off by default)"
+    )
+    text.set_defaults(run=_run_text)
+
+
+def _add_serve_command(commands: argparse._SubParsersAction) -> None:
+    serve = commands.add_parser("serve", help="run Triton (from the nvidia-pytriton wheel) on a repository")
+    serve.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: loopback only)")
+    serve.add_argument("--http-port", type=int, default=8000)
+    serve.add_argument("--grpc-port", type=int, default=8001)
+    serve.add_argument("--metrics-port", type=int, default=8002)
+    serve.add_argument("--model-control-mode", choices=CONTROL_MODES, default="none")
+    serve.add_argument(
+        "--load-model", action="append", default=[], metavar="NAME", help="with explicit mode: load at start"
+    )
+    serve.add_argument("--log-verbose", type=int, default=0)
+    serve.set_defaults(run=_run_serve)
+
+
+def _run_text(args: argparse.Namespace) -> int:
+    from export.text_pipeline import TextExportOptions, export_text
+
+    options = TextExportOptions(
+        model=args.model,
+        name=args.name,
+        repository=args.repository,
+        runtime=args.runtime,
+        max_length=args.max_length,
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        tokenizer_instances=args.tokenizer_instances,
+        max_queue_delay_us=args.max_queue_delay_us,
+        intra_op_threads=args.intra_op_threads,
+        opset=args.opset,
+        prompt_name=args.prompt_name,
+        trust_remote_code=args.trust_remote_code,
+    )
+    result = export_text(options)
+    print(
+        f"wrote {', '.join(result.names.models)} to {result.repository}: "
+        f"{result.dimension}-d embeddings, up to {result.max_length} tokens; "
+        f"ONNX vs sentence-transformers: {result.agreement}"
+    )
+    return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    options = ServerOptions(
+        repository=args.repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        log_verbose=args.log_verbose,
+    )
+    server = TritonServer(options)  # its log goes to our stdout
+    signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        server.start()
+        server.wait_until_ready()
+        print(
+            f"\nTriton is ready:\n  HTTP    http://{options.http_url}/v2/models/<name>/infer\n"
+            f"  gRPC    {options.grpc_url}\n  metrics {options.metrics_url}\nCtrl-C stops it.",
+            flush=True,
+        )
+        code = server.process.wait()
+        print(f"error: tritonserver exited with code {code}", file=sys.stderr)
+        return code or 1
+    except KeyboardInterrupt:
+        print("stopping tritonserver", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(required=True, metavar="COMMAND")
+    _add_text_command(commands)
+    _add_serve_command(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

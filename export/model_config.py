@@ -1,0 +1,143 @@
+"""Triton `config.pbtxt` files, built as ModelConfig protobuf messages.
+
+Every config the exporter writes comes from a function here, so field names and enum values
+are checked by protobuf rather than by eye, and tests can parse any config back with
+`read_config`. Nothing here imports torch: the serving side stays light.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.errors import InvalidArgumentError
+from export.names import TensorSpec
+
+CONFIG_FILE = "config.pbtxt"
+
+
+@dataclass(frozen=True)
+class Batching:
+    """How one model batches and how many copies of it run.
+
+    `max_queue_delay_us` is how long the dynamic batcher may hold a request to merge it with
+    others; 0 still merges whatever queued up while the model was busy.
+    """
+
+    max_batch_size: int
+    max_queue_delay_us: int = 0
+    instances: int = 1
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise InvalidArgumentError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
+        if self.instances < 1:
+            raise InvalidArgumentError(f"instances must be at least 1, got {self.instances}")
+        if self.max_queue_delay_us < 0:
+            raise InvalidArgumentError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+
+
+@dataclass(frozen=True)
+class EnsembleStep:
+    """One step of an ensemble: `input_map`/`output_map` go from the model's tensor names to
+    the ensemble's tensor names."""
+
+    model: str
+    input_map: Mapping[str, str]
+    output_map: Mapping[str, str]
+
+
+def model_input(spec: TensorSpec, *, ragged: bool = False) -> mc.ModelInput:
+    return mc.ModelInput(
+        name=spec.name,
+        data_type=mc.DataType.Value(spec.config_type),
+        dims=list(spec.dims),
+        allow_ragged_batch=ragged,
+    )
+
+
+def model_output(spec: TensorSpec) -> mc.ModelOutput:
+    return mc.ModelOutput(name=spec.name, data_type=mc.DataType.Value(spec.config_type), dims=list(spec.dims))
+
+
+def _batched_model(
+    name: str,
+    inputs: Iterable[mc.ModelInput],
+    outputs: Iterable[TensorSpec],
+    batching: Batching,
+    kind: mc.ModelInstanceGroup.Kind.ValueType,
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, max_batch_size=batching.max_batch_size)
+    config.input.extend(inputs)
+    config.output.extend(model_output(spec) for spec in outputs)
+    config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    config.instance_group.add(count=batching.instances, kind=kind)
+    return config
+
+
+def python_model(
+    name: str,
+    inputs: Iterable[mc.ModelInput],
+    outputs: Iterable[TensorSpec],
+    batching: Batching,
+    parameters: Mapping[str, str],
+) -> mc.ModelConfig:
+    """A Python-backend model on the CPU; `parameters` reach its `initialize` as strings."""
+    config = _batched_model(name, inputs, outputs, batching, mc.ModelInstanceGroup.KIND_CPU)
+    config.backend = "python"
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return config
+
+
+def onnxruntime_model(
+    name: str,
+    inputs: Iterable[mc.ModelInput],
+    outputs: Iterable[TensorSpec],
+    batching: Batching,
+    *,
+    model_filename: str,
+) -> mc.ModelConfig:
+    """A model on Triton's native ONNX Runtime backend (the NGC image), on the GPU."""
+    config = _batched_model(name, inputs, outputs, batching, mc.ModelInstanceGroup.KIND_GPU)
+    config.platform = "onnxruntime_onnx"
+    config.default_model_filename = model_filename
+    return config
+
+
+def ensemble(
+    name: str,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    max_batch_size: int,
+    steps: Sequence[EnsembleStep],
+) -> mc.ModelConfig:
+    config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    config.input.extend(model_input(spec) for spec in inputs)
+    config.output.extend(model_output(spec) for spec in outputs)
+    for step in steps:
+        config.ensemble_scheduling.step.add(
+            model_name=step.model,
+            model_version=-1,
+            input_map=dict(step.input_map),
+            output_map=dict(step.output_map),
+        )
+    return config
+
+
+def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / CONFIG_FILE
+    path.write_text(text_format.MessageToString(config))
+    return path
+
+
+def read_config(path: Path) -> mc.ModelConfig:
+    """Parse a config.pbtxt (a model folder or the file itself) into a ModelConfig."""
+    if path.is_dir():
+        path = path / CONFIG_FILE
+    return text_format.Parse(path.read_text(), mc.ModelConfig())

@@ -1,0 +1,82 @@
+"""Triton Python-backend model: an ONNX encoder run by onnxruntime on the CPU.
+
+Loads the ONNX file export wrote beside this file. Inputs are ragged in the config, so the
+dynamic batcher may hand over requests of different sequence lengths: they are padded to the
+longest (with the pad values export stored) and run as one batch, then split back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = intra_op_threads or len(os.sched_getaffinity(0))
+    options.inter_op_num_threads = 1
+    # Spinning threads would steal the CPU from the tokenizer stub and Triton between batches.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def _pad_concat(arrays: list[np.ndarray], value: int, left: bool) -> np.ndarray:
+    length = max(a.shape[1] for a in arrays)
+    if all(a.shape[1] == length for a in arrays):
+        return np.concatenate(arrays)
+    out = np.full((sum(len(a) for a in arrays), length), value, dtype=arrays[0].dtype)
+    row = 0
+    for a in arrays:
+        columns = slice(length - a.shape[1], length) if left else slice(0, a.shape[1])
+        out[row : row + len(a), columns] = a
+        row += len(a)
+    return out
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config["parameters"].items()}
+        self.input_names = [tensor["name"] for tensor in config["input"]]
+        self.output_name = config["output"][0]["name"]
+        self.pad_values = json.loads(params["pad_values"])
+        self.left = params["padding_side"] == "left"
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.session = _session(folder / params["onnx_file"], int(params["intra_op_threads"]))
+
+    def execute(self, requests: list) -> list:
+        feeds = {name: [] for name in self.input_names}
+        responses: list = [None] * len(requests)
+        accepted = []
+        for index, request in enumerate(requests):
+            arrays = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names}
+            if len({a.shape for a in arrays.values()}) > 1:
+                shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in arrays.items())
+                message = f"inputs must all have the same shape, got {shapes}"
+                responses[index] = pb_utils.InferenceResponse(
+                    error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
+                )
+                continue
+            accepted.append(index)
+            for name, array in arrays.items():
+                feeds[name].append(array)
+        if accepted:
+            self._run(requests, accepted, feeds, responses)
+        return responses
+
+    def _run(self, requests: list, accepted: list[int], feeds: dict, responses: list) -> None:
+        sizes = [len(array) for array in feeds[self.input_names[0]]]
+        batch = {name: _pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
+        try:
+            (embeddings,) = self.session.run([self.output_name], batch)
+        except Exception as error:  # onnxruntime raises its own exception types
+            for index in accepted:
+                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"encoder failed: {error}"))
+            return
+        for index, part in zip(accepted, np.split(embeddings, np.cumsum(sizes)[:-1]), strict=True):
+            responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])

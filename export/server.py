@@ -1,0 +1,271 @@
+"""Run the real Triton server that ships in the `nvidia-pytriton` wheel, on the CPU.
+
+The wheel holds the `tritonserver` binary, its shared libraries and the Python backend, but
+keeps the backend's stub apart from the backend folder. We assemble a backend folder of our
+own (links to the backend library, its utils module and the stub for this Python), point the
+server's libraries and Python-backend imports at the wheel and this environment, and start
+the binary in a process group of its own so that stopping it also stops its stub processes.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from export.errors import UserError
+from export.repository import DEFAULT_REPOSITORY, model_names
+
+CONTROL_MODES = ("none", "explicit")
+
+
+class ServerError(UserError):
+    """The server could not be found, started, or did not become ready."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    repository: Path = DEFAULT_REPOSITORY
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()
+    log_verbose: int = 0
+    extra_args: tuple[str, ...] = field(default=())
+
+    @property
+    def local_host(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard bind is not an address)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+
+    @property
+    def http_url(self) -> str:
+        return f"{_bracket(self.local_host)}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{_bracket(self.local_host)}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{_bracket(self.local_host)}:{self.metrics_port}/metrics"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """The pieces of the nvidia-pytriton wheel the server needs."""
+
+    binary: Path
+    libraries: Path
+    python_backend: Path
+    stub: Path
+
+    @classmethod
+    def find(cls) -> TritonInstall:
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerError("the Triton server comes from the nvidia-pytriton wheel: pip install -e .")
+        package = Path(next(iter(spec.submodule_search_locations)))
+        server = package / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(
+            binary=server / "bin" / "tritonserver",
+            libraries=package.parent / "nvidia_pytriton.libs",
+            python_backend=server / "backends" / "python",
+            stub=server / "python_backend_stubs" / version / "triton_python_backend_stub",
+        )
+        parts = (install.binary, install.libraries, install.python_backend, install.stub)
+        missing = [path for path in parts if not path.exists()]
+        if missing:
+            raise ServerError(f"nvidia-pytriton is incomplete, missing: {', '.join(map(str, missing))}")
+        _check_libpython(version)
+        return install
+
+    def backend_directory(self, parent: Path) -> Path:
+        """A `--backend-directory` whose python/ folder also holds the stub (as the NGC image has)."""
+        python = parent / "backends" / "python"
+        python.mkdir(parents=True, exist_ok=True)
+        for source in (
+            self.python_backend / "libtriton_python.so",
+            self.python_backend / "triton_python_backend_utils.py",
+            self.stub,
+        ):
+            (python / source.name).symlink_to(source)
+        return python.parent
+
+
+def _check_libpython(version: str) -> None:
+    """The stub links the system's shared libpython, not the interpreter running us."""
+    name = f"libpython{version}.so.1.0"
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        raise ServerError(
+            f"the Python-backend stub needs {name}; install it with: apt-get install -y libpython{version}"
+        ) from None
+
+
+def server_environment(install: TritonInstall) -> dict[str, str]:
+    """The server's own libraries first, and this environment's packages for the stubs.
+
+    The stub embeds libpython in isolated mode: PYTHONPATH is ignored. What it does honour is
+    a venv: it looks up `python3` on PATH as its executable and reads the `pyvenv.cfg` beside
+    it, exactly as a venv's own interpreter does. Putting this interpreter's folder first on
+    PATH makes Python-backend models import numpy, tokenizers and onnxruntime from here.
+    """
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libraries), env.get("LD_LIBRARY_PATH")]))
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
+    return env
+
+
+def check_ports_free(options: ServerOptions) -> None:
+    for label, port in (("HTTP", options.http_port), ("gRPC", options.grpc_port), ("metrics", options.metrics_port)):
+        family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((options.host, port))
+            except OSError as error:
+                raise ServerError(
+                    f"cannot use port {port} ({label}) on {options.host}: {error.strerror}; "
+                    f"pick another with --{label.lower()}-port"
+                ) from None
+
+
+def check_repository(options: ServerOptions) -> None:
+    repository = options.repository
+    if options.model_control_mode not in CONTROL_MODES:
+        raise ServerError(f"model control mode must be one of {', '.join(CONTROL_MODES)}")
+    if not repository.is_dir():
+        raise ServerError(f"model repository {repository} does not exist; export a model first (README.md)")
+    present = model_names(repository)
+    if options.model_control_mode == "none" and not present:
+        raise ServerError(f"model repository {repository} holds no models; export one first (README.md)")
+    absent = [name for name in options.load_models if name not in present]
+    if absent:
+        raise ServerError(f"not in {repository}: {', '.join(absent)} (it has: {', '.join(present) or 'nothing'})")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the launching process dies, so no server
+    outlives a killed `serve` or test run."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class TritonServer:
+    """A tritonserver process. Use as a context manager, or `start()` then `stop()`.
+
+    `log` is where the server's output goes: None forwards it to our own stdout/stderr.
+    """
+
+    def __init__(self, options: ServerOptions, log: IO[bytes] | None = None) -> None:
+        self.options = options
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def command(self, backend_directory: Path, install: TritonInstall) -> list[str]:
+        o = self.options
+        cmd = [
+            str(install.binary),
+            f"--model-repository={o.repository.resolve()}",
+            f"--backend-directory={backend_directory}",
+            f"--http-address={o.host}",
+            f"--http-port={o.http_port}",
+            f"--grpc-address={o.host}",
+            f"--grpc-port={o.grpc_port}",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={o.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--model-control-mode={o.model_control_mode}",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=10",
+            f"--log-verbose={o.log_verbose}",
+        ]
+        cmd += [f"--load-model={name}" for name in o.load_models]
+        return cmd + list(o.extra_args)
+
+    def start(self) -> TritonServer:
+        check_repository(self.options)
+        check_ports_free(self.options)
+        install = TritonInstall.find()
+        self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
+        backends = install.backend_directory(Path(self._workdir.name))
+        self.process = subprocess.Popen(
+            self.command(backends, install),
+            env=server_environment(install),
+            stdout=self.log,
+            stderr=subprocess.STDOUT if self.log else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        return self
+
+    def wait_until_ready(self, timeout: float = 300.0) -> None:
+        """Poll /v2/health/ready, failing early if the process exits."""
+        url = f"http://{self.options.http_url}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ServerError(f"tritonserver exited with code {code} before it was ready{self._log_hint()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
+
+    def _log_hint(self) -> str:
+        return f" (log: {self.log.name})" if self.log is not None and hasattr(self.log, "name") else ""
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL whatever remains."""
+        process, self.process = self.process, None
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # leftover stubs share the group
+            code = process.wait()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+        return code
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,104 @@
+"""A sentence-transformers model as one ONNX graph: token tensors in, sentence embedding out.
+
+The graph is sentence-transformers' own forward pass (Transformer, Pooling, Dense, Normalize
+modules, traced), so pooling, padding-side handling and normalization are the library's, not
+a re-implementation. Before the file is accepted, onnxruntime's output is compared with
+`SentenceTransformer.encode` on varied texts.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from export.errors import UserError
+from export.names import EMBEDDING
+from export.sentence_transformer import TextModel
+
+DEFAULT_OPSET = 17
+# Texts the exporter checks the ONNX graph on: lengths from one token to past any max length,
+# several scripts, so that padding, truncation and pooling are all exercised.
+VALIDATION_TEXTS = (
+    "a",
+    "A man is playing a guitar on the street.",
+    "Die Katze sitzt auf der Matte und schaut aus dem Fenster.",
+    "東京は日本の首都です。",
+    "🙂 emoji, punctuation!!! and    spaces",
+    "word " * 600,
+)
+
+
+class ExportValidationError(UserError):
+    """The exported graph does not reproduce sentence-transformers within tolerance."""
+
+
+@dataclass(frozen=True)
+class Agreement:
+    min_cosine: float
+    max_abs_diff: float
+
+    def __str__(self) -> str:
+        return f"min cosine {self.min_cosine:.8f}, max abs diff {self.max_abs_diff:.2e}"
+
+
+class _SentenceEmbedding(torch.nn.Module):
+    """Positional tensors in (what the ONNX exporter traces), ST's features dict inside."""
+
+    def __init__(self, text_model: TextModel) -> None:
+        super().__init__()
+        self.model = text_model.model
+        self.input_names = [spec.name for spec in text_model.inputs]
+
+    def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
+        features = dict(zip(self.input_names, tensors, strict=True))
+        return self.model(features)["sentence_embedding"]
+
+
+def export_text_onnx(text_model: TextModel, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
+    """Trace the model on a two-text batch of unequal lengths, with batch and sequence dynamic."""
+    names = [spec.name for spec in text_model.inputs]
+    sample = text_model.model.preprocess(list(VALIDATION_TEXTS[:2]))
+    axes = {name: {0: "batch", 1: "sequence"} for name in names} | {EMBEDDING.name: {0: "batch"}}
+    with warnings.catch_warnings(), torch.no_grad():
+        # The tracer warns about every Python-level shape check; the validation below is
+        # what tells whether the traced graph generalizes.
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            _SentenceEmbedding(text_model),
+            tuple(sample[name] for name in names),
+            str(path),
+            input_names=names,
+            output_names=[EMBEDDING.name],
+            dynamic_axes=axes,
+            opset_version=opset,
+            dynamo=False,
+        )
+
+
+def check_text_onnx(
+    text_model: TextModel, path: Path, *, min_cosine: float = 0.99999, max_abs_diff: float = 1e-4
+) -> Agreement:
+    """Compare onnxruntime on `path` with `SentenceTransformer.encode`; raise if they differ.
+
+    The absolute tolerance scales with the embedding's magnitude, for models without Normalize.
+    """
+    import onnxruntime as ort
+
+    texts = list(VALIDATION_TEXTS)
+    expected = text_model.model.encode(texts, prompt=text_model.prefix, convert_to_numpy=True)
+    features = text_model.model.preprocess(texts, prompt=text_model.prefix)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {spec.name: features[spec.name].numpy().astype(np.int64) for spec in text_model.inputs}
+    (got,) = session.run([EMBEDDING.name], feeds)
+
+    cosine = np.sum(got * expected, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
+    agreement = Agreement(float(cosine.min()), float(np.abs(got - expected).max()))
+    scale = max(1.0, float(np.abs(expected).max()))
+    # Written so that NaN (a zero or broken embedding) fails too.
+    if not (agreement.min_cosine >= min_cosine and agreement.max_abs_diff <= max_abs_diff * scale):
+        raise ExportValidationError(f"ONNX output differs from sentence-transformers: {agreement}")
+    return agreement

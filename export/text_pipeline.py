@@ -1,0 +1,117 @@
+"""Export a sentence-transformers model as a Triton text pipeline.
+
+Three models, named by `names.TextPipelineNames`:
+- `<name>_tokenizer`: Python backend, TEXT -> token tensors (tokenizers, batch-wide padding);
+- `<name>_encoder`: the ONNX graph (transformer, pooling, normalize) on the chosen runtime;
+- `<name>`: the ensemble clients call, TEXT -> EMBEDDING.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from export import model_config, runtimes
+from export.model_config import Batching, EnsembleStep
+from export.names import EMBEDDING, TEXT, TextPipelineNames
+from export.repository import DEFAULT_REPOSITORY, add_python_model, check_pipeline_name, staged_models, version_dir
+from export.runtimes import ONNX_FILE, EncoderModel
+from export.sentence_transformer import TextModel, load_text_model
+from export.text_onnx import DEFAULT_OPSET, Agreement, check_text_onnx, export_text_onnx
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TextExportOptions:
+    """What `python -m export text` was asked for; None means the runtime's default."""
+
+    model: str
+    name: str
+    repository: Path = DEFAULT_REPOSITORY
+    runtime: str = "python"
+    max_length: int | None = None
+    max_batch_size: int | None = None
+    instances: int | None = None
+    tokenizer_instances: int | None = None
+    max_queue_delay_us: int | None = None
+    intra_op_threads: int = 0
+    opset: int = DEFAULT_OPSET
+    prompt_name: str | None = None
+    trust_remote_code: bool = False
+
+    def batching(self) -> tuple[Batching, Batching]:
+        """(tokenizer, encoder) batching, with the runtime's defaults filled in."""
+        defaults = runtimes.DEFAULTS[self.runtime]
+        size = self.max_batch_size or defaults.max_batch_size
+        delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
+        return (
+            Batching(size, delay, self.tokenizer_instances or defaults.tokenizer_instances),
+            Batching(size, delay, self.instances or defaults.encoder_instances),
+        )
+
+
+@dataclass(frozen=True)
+class TextExport:
+    names: TextPipelineNames
+    dimension: int
+    max_length: int
+    agreement: Agreement
+    repository: Path
+
+
+def export_text(options: TextExportOptions) -> TextExport:
+    """Load, convert, check against sentence-transformers, then write the three models."""
+    names = TextPipelineNames(check_pipeline_name(options.name))
+    runtimes.check_runtime(options.runtime)
+    tokenizer_batching, encoder_batching = options.batching()
+    text_model = load_text_model(
+        options.model,
+        max_length=options.max_length,
+        prompt_name=options.prompt_name,
+        trust_remote_code=options.trust_remote_code,
+    )
+    with staged_models(options.repository) as staging:
+        onnx_path = version_dir(staging / names.encoder) / ONNX_FILE
+        export_text_onnx(text_model, onnx_path, opset=options.opset)
+        agreement = check_text_onnx(text_model, onnx_path)
+        encoder = EncoderModel(
+            name=names.encoder,
+            inputs=text_model.inputs,
+            output=EMBEDDING.with_dims(text_model.dimension),
+            batching=encoder_batching,
+            pad_values={"input_ids": text_model.pad_token_id},
+            padding_side=text_model.padding_side,
+            intra_op_threads=options.intra_op_threads,
+        )
+        runtimes.write_encoder(staging / names.encoder, encoder, options.runtime)
+        write_tokenizer(staging / names.tokenizer, names.tokenizer, text_model, tokenizer_batching)
+        write_text_ensemble(staging / names.ensemble, names, text_model, encoder_batching.max_batch_size)
+    return TextExport(names, text_model.dimension, text_model.max_length, agreement, options.repository)
+
+
+def write_tokenizer(model_dir: Path, name: str, text_model: TextModel, batching: Batching) -> None:
+    add_python_model(model_dir, "tokenizer")
+    (version_dir(model_dir) / TOKENIZER_FILE).write_text(text_model.tokenizer_json)
+    parameters = {
+        "tokenizer_file": TOKENIZER_FILE,
+        "max_length": str(text_model.max_length),
+        "padding_side": text_model.padding_side,
+        "pad_token_id": str(text_model.pad_token_id),
+        "pad_token": text_model.pad_token,
+        "prefix": text_model.prefix,
+    }
+    config = model_config.python_model(name, [model_config.model_input(TEXT)], text_model.inputs, batching, parameters)
+    model_config.write_config(config, model_dir)
+
+
+def write_text_ensemble(model_dir: Path, names: TextPipelineNames, text_model: TextModel, max_batch_size: int) -> None:
+    tokens = {spec.name: spec.name for spec in text_model.inputs}
+    steps = [
+        EnsembleStep(names.tokenizer, input_map={TEXT.name: TEXT.name}, output_map=tokens),
+        EnsembleStep(names.encoder, input_map=tokens, output_map={EMBEDDING.name: EMBEDDING.name}),
+    ]
+    output = EMBEDDING.with_dims(text_model.dimension)
+    config = model_config.ensemble(names.ensemble, [TEXT], [output], max_batch_size, steps)
+    version_dir(model_dir)  # Triton wants a version folder, even an empty one, for ensembles
+    model_config.write_config(config, model_dir)

