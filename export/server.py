@@ -197,6 +197,7 @@ class TritonServer:
             f"--metrics-address={o.host}",
             f"--metrics-port={o.metrics_port}",
             "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",  # CPU only: no pinned (page-locked) staging buffers
             f"--model-control-mode={o.model_control_mode}",
             "--strict-readiness=true",
             "--exit-timeout-secs=10",

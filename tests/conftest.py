@@ -25,6 +25,7 @@ from tests.tiny_models import TINY_MODELS, TinyModel
 # The tiny BERT's steps hold requests this long, so a burst of concurrent requests is sure to
 # be merged into one execution (what the bad-element-in-a-batch test needs).
 SLOW_BATCHING_DELAY_US = 200_000
+PROMPTED = "tiny-decoder-query"
 
 
 @pytest.fixture(scope="session")
@@ -42,6 +43,10 @@ def repository(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, 
         delay = SLOW_BATCHING_DELAY_US if model.name == "tiny-bert" else None
         options = TextExportOptions(model=str(model.path), name=model.name, repository=repo, max_queue_delay_us=delay)
         export_text(options)
+    # The decoder again, with its query prompt and a shorter max length than the model's.
+    decoder = str(tiny_models["tiny-decoder"].path)
+    options = TextExportOptions(model=decoder, name=PROMPTED, repository=repo, prompt_name="query", max_length=16)
+    export_text(options)
     return repo
 
 

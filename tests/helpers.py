@@ -43,3 +43,9 @@ def embed_many(client: grpcclient.InferenceServerClient, model: str, texts: list
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
+    """(inference_count, execution_count) of a model since the server started."""
+    (stats,) = client.get_inference_statistics(model).model_stats
+    return stats.inference_count, stats.execution_count

@@ -32,6 +32,7 @@ from tests.texts import corpus
 
 HIDDEN = 32
 MAX_LENGTH = 48
+QUERY_PROMPT = "Instruct: find a similar text\nQuery: "
 
 
 @dataclass(frozen=True)
@@ -82,12 +83,15 @@ def _byte_bpe(texts: list[str]) -> Tokenizer:
     return tokenizer
 
 
-def _save(folder: Path, model: torch.nn.Module, fast: PreTrainedTokenizerFast, modules_after: list) -> Path:
+def _save(
+    folder: Path, model: torch.nn.Module, fast: PreTrainedTokenizerFast, modules_after, prompts: dict | None = None
+) -> Path:
     backbone = folder / "backbone"
     model.save_pretrained(backbone)
     fast.save_pretrained(backbone)
     transformer = Transformer(str(backbone), max_seq_length=MAX_LENGTH)
-    st = SentenceTransformer(modules=[transformer, *modules_after(transformer.get_embedding_dimension())])
+    modules = [transformer, *modules_after(transformer.get_embedding_dimension())]
+    st = SentenceTransformer(modules=modules, prompts=prompts)
     out = folder / "st"
     st.save(str(out))
     return out
@@ -151,7 +155,7 @@ def tiny_xlm_roberta(folder: Path) -> TinyModel:
 
 def tiny_decoder(folder: Path) -> TinyModel:
     """A Qwen2 decoder, left padding, every pooling mode concatenated (last-token among them),
-    then Dense(tanh) and Normalize: the shape of LLM-based embedders."""
+    then Dense(tanh) and Normalize: the shape of LLM-based embedders, instruction prompt included."""
     torch.manual_seed(2)
     tokenizer = _byte_bpe(corpus())
     config = Qwen2Config(
@@ -178,7 +182,7 @@ def tiny_decoder(folder: Path) -> TinyModel:
         dense = Dense(pooling.get_embedding_dimension(), 24, activation_function=torch.nn.Tanh())
         return [pooling, dense, Normalize()]
 
-    path = _save(folder, Qwen2Model(config).eval(), fast, head)
+    path = _save(folder, Qwen2Model(config).eval(), fast, head, prompts={"query": QUERY_PROMPT})
     return TinyModel("tiny-decoder", path, uses_token_type_ids=False)
 
 

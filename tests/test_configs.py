@@ -1,0 +1,114 @@
+"""Generated configs: parse back into ModelConfig, wire up correctly, carry the flags given."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from export.model_config import read_config
+from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TOKEN_TYPE_IDS, TextPipelineNames
+from export.repository import model_names
+
+PIPELINES = [DEFAULT_TEXT_PIPELINE, "tiny-bert", "tiny-xlm-roberta", "tiny-decoder"]
+
+
+def all_configs(repository: Path) -> dict[str, mc.ModelConfig]:
+    return {name: read_config(repository / name) for name in model_names(repository)}
+
+
+def test_every_config_parses_and_is_batched(repository: Path) -> None:
+    configs = all_configs(repository)
+    assert len(configs) >= 3 * len(PIPELINES)
+    for folder, config in configs.items():
+        assert config.name == folder
+        assert config.max_batch_size > 0, folder
+        assert (repository / folder / "1").is_dir(), folder
+
+
+@pytest.mark.parametrize("pipeline", PIPELINES)
+def test_ensemble_wiring(repository: Path, pipeline: str) -> None:
+    names = TextPipelineNames(pipeline)
+    ensemble = read_config(repository / names.ensemble)
+    tokenizer = read_config(repository / names.tokenizer)
+    encoder = read_config(repository / names.encoder)
+
+    assert ensemble.platform == "ensemble"
+    assert [(t.name, t.data_type, list(t.dims)) for t in ensemble.input] == [(TEXT.name, mc.TYPE_STRING, [1])]
+    ((output),) = ensemble.output
+    assert (output.name, output.data_type) == (EMBEDDING.name, mc.TYPE_FP32)
+    assert list(output.dims) == list(encoder.output[0].dims)
+    steps = ensemble.ensemble_scheduling.step
+    assert [step.model_name for step in steps] == [names.tokenizer, names.encoder]
+
+    # Every tensor the tokenizer emits is one the encoder takes, all int64, and back again.
+    assert set(steps[0].output_map) == {t.name for t in tokenizer.output} == {t.name for t in encoder.input}
+    assert set(steps[1].input_map) == {t.name for t in encoder.input}
+    assert {t.data_type for t in encoder.input} == {mc.TYPE_INT64}
+    assert dict(steps[1].output_map) == {EMBEDDING.name: EMBEDDING.name}
+
+    assert tokenizer.backend == encoder.backend == "python"
+    assert all(t.allow_ragged_batch for t in encoder.input)
+    assert tokenizer.max_batch_size == encoder.max_batch_size == ensemble.max_batch_size
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "has_token_type_ids"),
+    [(DEFAULT_TEXT_PIPELINE, True), ("tiny-bert", True), ("tiny-xlm-roberta", False), ("tiny-decoder", False)],
+)
+def test_token_type_ids_only_for_models_that_use_them(repository: Path, pipeline: str, has_token_type_ids) -> None:
+    tokenizer = read_config(repository / TextPipelineNames(pipeline).tokenizer)
+    assert (TOKEN_TYPE_IDS.name in {t.name for t in tokenizer.output}) == has_token_type_ids
+
+
+def test_padding_and_truncation_come_from_the_model(repository: Path) -> None:
+    configs = {name: read_config(repository / TextPipelineNames(name).tokenizer) for name in PIPELINES}
+    params = {name: {k: v.string_value for k, v in c.parameters.items()} for name, c in configs.items()}
+    assert params[DEFAULT_TEXT_PIPELINE]["max_length"] == "256"
+    assert params[DEFAULT_TEXT_PIPELINE]["padding_side"] == "right"
+    assert params["tiny-xlm-roberta"]["pad_token_id"] == "1"
+    assert params["tiny-decoder"]["padding_side"] == "left"
+
+
+def test_cli_flags_reach_the_configs_for_the_gpu_runtime(tmp_path: Path, tiny_models) -> None:
+    """`python -m export text` end to end, as a user runs it, with the onnxruntime runtime."""
+    repository = tmp_path / "repo"
+    command = [
+        sys.executable, "-m", "export", "text", str(tiny_models["tiny-bert"].path),
+        "--name", "gpu-bert", "--repository", str(repository), "--runtime", "onnxruntime",
+        "--max-batch-size", "16", "--instances", "2", "--tokenizer-instances", "3",
+        "--max-queue-delay-us", "1234", "--max-length", "20",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "gpu-bert" in done.stdout and "min cosine" in done.stdout
+
+    names = TextPipelineNames("gpu-bert")
+    encoder = read_config(repository / names.encoder)
+    tokenizer = read_config(repository / names.tokenizer)
+    assert encoder.platform == "onnxruntime_onnx" and not encoder.backend
+    assert encoder.default_model_filename == "model.onnx"
+    assert [(g.kind, g.count) for g in encoder.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    assert not any(t.allow_ragged_batch for t in encoder.input)  # the native backend cannot pad
+    assert sorted(p.name for p in (repository / names.encoder / "1").iterdir()) == ["model.onnx"]
+    assert [(g.kind, g.count) for g in tokenizer.instance_group] == [(mc.ModelInstanceGroup.KIND_CPU, 3)]
+    assert tokenizer.parameters["max_length"].string_value == "20"
+    for config in (encoder, tokenizer, read_config(repository / names.ensemble)):
+        assert config.max_batch_size == 16
+    for config in (encoder, tokenizer):
+        assert config.dynamic_batching.max_queue_delay_microseconds == 1234
+
+
+def test_gpu_runtime_defaults(tmp_path: Path, tiny_models) -> None:
+    from export.text_pipeline import TextExportOptions, export_text
+
+    options = TextExportOptions(
+        model=str(tiny_models["tiny-xlm-roberta"].path), name="gpu", repository=tmp_path, runtime="onnxruntime"
+    )
+    export_text(options)
+    encoder = read_config(tmp_path / "gpu_encoder")
+    assert encoder.max_batch_size == 128
+    assert encoder.dynamic_batching.max_queue_delay_microseconds == 500

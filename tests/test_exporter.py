@@ -1,0 +1,60 @@
+"""The exporter's own promises: prompts and max length honoured, refusals that say why."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.sentence_transformer.modules.dropout import Dropout
+
+from export.errors import InvalidArgumentError
+from export.repository import check_pipeline_name
+from export.sentence_transformer import UnsupportedModelError, load_text_model
+from export.text_onnx import ExportValidationError, check_text_onnx, export_text_onnx
+from export.text_pipeline import TextExportOptions, export_text
+from tests.conftest import PROMPTED
+from tests.helpers import embed_many
+from tests.test_parity import assert_parity
+from tests.texts import corpus
+
+
+def test_prompt_and_max_length_are_applied_by_the_served_tokenizer(grpc_client, tiny_models) -> None:
+    reference = SentenceTransformer(str(tiny_models["tiny-decoder"].path), device="cpu")
+    reference.max_seq_length = 16
+    texts = corpus(60)
+    expected = reference.encode(texts, prompt_name="query")
+    assert_parity(embed_many(grpc_client, PROMPTED, texts), expected, texts)
+    # And the prompt matters: without it the embeddings differ.
+    assert not torch.allclose(torch.from_numpy(expected), torch.from_numpy(reference.encode(texts)), atol=1e-3)
+
+
+def test_unsupported_module_is_refused_by_name(tmp_path: Path, tiny_models) -> None:
+    model = SentenceTransformer(str(tiny_models["tiny-bert"].path), device="cpu")
+    SentenceTransformer(modules=[*model, Dropout(0.1)]).save(str(tmp_path / "with-dropout"))
+    with pytest.raises(UnsupportedModelError, match="module Dropout is not supported"):
+        export_text(TextExportOptions(model=str(tmp_path / "with-dropout"), name="x", repository=tmp_path / "repo"))
+    assert not (tmp_path / "repo" / "x").exists()
+
+
+def test_unknown_prompt_is_refused(tiny_models) -> None:
+    with pytest.raises(UnsupportedModelError, match="prompt 'passage' not found"):
+        load_text_model(str(tiny_models["tiny-decoder"].path), prompt_name="passage")
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "", "x" * 200, "sp ace", ".."])
+def test_names_that_are_not_plain_folder_names_are_refused(name: str) -> None:
+    with pytest.raises(InvalidArgumentError, match="invalid pipeline name"):
+        check_pipeline_name(name)
+
+
+def test_the_onnx_check_fails_when_the_graph_differs(tmp_path: Path, tiny_models) -> None:
+    text_model = load_text_model(str(tiny_models["tiny-xlm-roberta"].path))
+    onnx_path = tmp_path / "model.onnx"
+    export_text_onnx(text_model, onnx_path)
+    assert check_text_onnx(text_model, onnx_path).min_cosine > 0.99999
+    with torch.no_grad():  # the torch model drifts away from the exported file
+        text_model.model[0].auto_model.embeddings.word_embeddings.weight.mul_(1.5)
+    with pytest.raises(ExportValidationError, match="differs from sentence-transformers"):
+        check_text_onnx(text_model, onnx_path)
