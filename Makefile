@@ -21,11 +21,11 @@ serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
 test: $(VENV)/.installed-test
-	$(PY) -m ruff check export tests
+	$(PY) -m ruff check export tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check export tests
+	$(PY) -m ruff check export tests benchmarks
 
 $(REPOSITORY)/$(NAME)/config.pbtxt: | $(VENV)/.installed-export
 	$(PY) -m export text "$(if $(MODEL),$(MODEL),$$($(PY) -m export.default_model))" \

@@ -1,0 +1,42 @@
+"""README.md's examples run as written, against the test server (ports swapped in)."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.test_bad_input import post_infer
+
+README = (Path(__file__).parents[1] / "README.md").read_text()
+PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
+
+
+def on_test_server(code: str, server) -> str:
+    return code.replace("localhost:8000", server.options.http_url).replace("localhost:8001", server.options.grpc_url)
+
+
+@pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
+def test_python_examples(server, index: int) -> None:
+    namespace: dict = {}
+    exec(on_test_server(PYTHON_BLOCKS[index], server), namespace)
+    embeddings = namespace["embeddings"]
+    assert embeddings.shape == (2, 384) and embeddings.dtype == np.float32
+
+
+def test_curl_example(server) -> None:
+    (command,) = re.findall(r"^curl .*?\n(?:  .*\n)*", README, flags=re.MULTILINE)
+    words = shlex.split(command.replace("\\\n", " "))
+    url, body = words[2], words[words.index("-d") + 1]
+    model = re.fullmatch(r"localhost:8000/v2/models/(.+)/infer", url).group(1)
+    status, reply = post_infer(server, model, body.encode())
+    assert status == 200
+    assert reply["outputs"][0]["shape"] == [len(json.loads(body)["inputs"][0]["data"]), 384]
+
+
+def test_readme_shows_the_two_commands() -> None:
+    assert "make serve" in README and "make test" in README
