@@ -89,7 +89,7 @@ def _run_text(args: argparse.Namespace) -> int:
     print(
         f"wrote {', '.join(result.names.models)} to {result.repository}: "
         f"{result.dimension}-d embeddings, up to {result.max_length} tokens; "
-        f"ONNX vs sentence-transformers: {result.agreement}"
+        f"served tokenizer + ONNX vs sentence-transformers: {result.agreement}"
     )
     return 0
 

@@ -11,6 +11,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+import numpy as np
+from tokenizers import Tokenizer
+
 from export.errors import UserError
 from export.names import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, TensorSpec
 
@@ -18,6 +21,8 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
+# The `tokenizers.Encoding` attribute behind each token tensor (tokenizer/model.py has the same).
+ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 # Above this, `max_seq_length` is a "no limit" sentinel of the tokenizer, not a model limit.
 _NO_LIMIT = 1_000_000
 
@@ -43,6 +48,21 @@ class TextModel:
     def tokenizer_json(self) -> str:
         """The Rust tokenizer, serialized; model.py sets truncation and padding itself."""
         return self.model[0].tokenizer.backend_tokenizer.to_str()
+
+    def served_tokenizer(self) -> Tokenizer:
+        """The tokenizer set up as the served tokenizer model.py sets it up, to check it."""
+        tokenizer = Tokenizer.from_str(self.tokenizer_json)
+        tokenizer.enable_truncation(max_length=self.max_length)
+        tokenizer.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id, pad_token=self.pad_token)
+        return tokenizer
+
+    def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
+        """Token tensors for `texts` (prompt prefix included), as the served tokenizer emits them."""
+        encodings = self.served_tokenizer().encode_batch([self.prefix + text for text in texts])
+        return {
+            spec.name: np.array([getattr(e, ENCODING_FIELDS[spec.name]) for e in encodings], dtype=np.int64)
+            for spec in self.inputs
+        }
 
 
 def _import_sentence_transformers():
@@ -75,7 +95,9 @@ def load_text_model(
     inputs = [INPUT_IDS, ATTENTION_MASK]
     if TOKEN_TYPE_IDS.name in tokenizer.model_input_names:
         inputs.append(TOKEN_TYPE_IDS)
-    length = max_length or model.max_seq_length
+    if max_length:
+        model.max_seq_length = max_length  # so that the reference we check against truncates alike
+    length = model.max_seq_length
     if not length or length > _NO_LIMIT:
         raise UnsupportedModelError(f"{model_id}: the model sets no maximum sequence length; pass --max-length")
 

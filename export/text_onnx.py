@@ -82,23 +82,23 @@ def export_text_onnx(text_model: TextModel, path: Path, *, opset: int = DEFAULT_
 def check_text_onnx(
     text_model: TextModel, path: Path, *, min_cosine: float = 0.99999, max_abs_diff: float = 1e-4
 ) -> Agreement:
-    """Compare onnxruntime on `path` with `SentenceTransformer.encode`; raise if they differ.
+    """Compare what the pipeline will serve with `SentenceTransformer.encode`; raise if they differ.
 
-    The absolute tolerance scales with the embedding's magnitude, for models without Normalize.
+    The texts go through the served tokenizer's setup (tokenizer.json, truncation, padding,
+    prompt) and onnxruntime on `path`, so both halves of the pipeline are checked. The
+    absolute tolerance scales with the embedding's magnitude, for models without Normalize.
     """
     import onnxruntime as ort
 
     texts = list(VALIDATION_TEXTS)
     expected = text_model.model.encode(texts, prompt=text_model.prefix, convert_to_numpy=True)
-    features = text_model.model.preprocess(texts, prompt=text_model.prefix)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {spec.name: features[spec.name].numpy().astype(np.int64) for spec in text_model.inputs}
-    (got,) = session.run([EMBEDDING.name], feeds)
+    (got,) = session.run([EMBEDDING.name], text_model.tokenize(texts))
 
     cosine = np.sum(got * expected, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
     agreement = Agreement(float(cosine.min()), float(np.abs(got - expected).max()))
     scale = max(1.0, float(np.abs(expected).max()))
     # Written so that NaN (a zero or broken embedding) fails too.
     if not (agreement.min_cosine >= min_cosine and agreement.max_abs_diff <= max_abs_diff * scale):
-        raise ExportValidationError(f"ONNX output differs from sentence-transformers: {agreement}")
+        raise ExportValidationError(f"tokenizer + ONNX output differs from sentence-transformers: {agreement}")
     return agreement

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from export import model_config, runtimes
 from export.model_config import Batching, EnsembleStep
-from export.names import EMBEDDING, TEXT, TextPipelineNames
+from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
 from export.repository import DEFAULT_REPOSITORY, add_python_model, check_pipeline_name, staged_models, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel
 from export.sentence_transformer import TextModel, load_text_model
@@ -80,7 +80,7 @@ def export_text(options: TextExportOptions) -> TextExport:
             inputs=text_model.inputs,
             output=EMBEDDING.with_dims(text_model.dimension),
             batching=encoder_batching,
-            pad_values={"input_ids": text_model.pad_token_id},
+            pad_values={INPUT_IDS.name: text_model.pad_token_id},
             padding_side=text_model.padding_side,
             intra_op_threads=options.intra_op_threads,
         )

@@ -17,7 +17,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export.names import DEFAULT_TEXT_PIPELINE, TEXT, TextPipelineNames
+from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
 from tests.helpers import counts, embed_grpc, text_array
 
 
@@ -87,7 +87,7 @@ def test_bad_request_in_a_batched_group_fails_alone(grpc_client) -> None:
         tensor = grpcclient.InferInput(TEXT.name, [len(texts), 1], TEXT.datatype)
         tensor.set_data_from_numpy(text_array(texts))
         try:
-            return grpc_client.infer(model, [tensor]).as_numpy("EMBEDDING")
+            return grpc_client.infer(model, [tensor]).as_numpy(EMBEDDING.name)
         except InferenceServerException as error:
             return error
 
@@ -102,3 +102,16 @@ def test_bad_request_in_a_batched_group_fails_alone(grpc_client) -> None:
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert "TEXT[1] is not valid UTF-8" in results[5].message()
     assert "TEXT[0] is an empty string" in results[6].message()
+
+
+def test_encoder_called_directly_with_mismatched_inputs(grpc_client) -> None:
+    """The encoder is a model of its own too; inputs of different shapes are refused."""
+    encoder = TextPipelineNames("tiny-xlm-roberta").encoder
+    inputs = []
+    for name, length in (("input_ids", 5), ("attention_mask", 4)):
+        tensor = grpcclient.InferInput(name, [1, length], "INT64")
+        tensor.set_data_from_numpy(np.ones((1, length), dtype=np.int64))
+        inputs.append(tensor)
+    with pytest.raises(InferenceServerException, match=r"inputs must all have the same shape"):
+        grpc_client.infer(encoder, inputs)
+    assert grpc_client.is_model_ready(encoder)

@@ -10,6 +10,7 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules.dropout import Dropout
 
 from export.errors import InvalidArgumentError
+from export.model_config import read_config
 from export.repository import check_pipeline_name
 from export.sentence_transformer import UnsupportedModelError, load_text_model
 from export.text_onnx import ExportValidationError, check_text_onnx, export_text_onnx
@@ -56,5 +57,16 @@ def test_the_onnx_check_fails_when_the_graph_differs(tmp_path: Path, tiny_models
     assert check_text_onnx(text_model, onnx_path).min_cosine > 0.99999
     with torch.no_grad():  # the torch model drifts away from the exported file
         text_model.model[0].auto_model.embeddings.word_embeddings.weight.mul_(1.5)
-    with pytest.raises(ExportValidationError, match="differs from sentence-transformers"):
+    with pytest.raises(ExportValidationError, match="output differs from sentence-transformers"):
         check_text_onnx(text_model, onnx_path)
+
+
+def test_exporting_a_name_again_replaces_the_pipeline(tmp_path: Path, tiny_models) -> None:
+    repository = tmp_path / "repo"
+    model = str(tiny_models["tiny-xlm-roberta"].path)
+    export_text(TextExportOptions(model=model, name="again", repository=repository, max_length=10))
+    export_text(TextExportOptions(model=model, name="again", repository=repository, max_length=20))
+    tokenizer = read_config(repository / "again_tokenizer")
+    assert tokenizer.parameters["max_length"].string_value == "20"
+    assert sorted(p.name for p in repository.iterdir()) == ["again", "again_encoder", "again_tokenizer"]
+    assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no staging folder left behind

@@ -38,6 +38,10 @@ def _pad_concat(arrays: list[np.ndarray], value: int, left: bool) -> np.ndarray:
     return out
 
 
+def _invalid(message: str):
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -50,33 +54,30 @@ class TritonPythonModel:
         self.session = _session(folder / params["onnx_file"], int(params["intra_op_threads"]))
 
     def execute(self, requests: list) -> list:
-        feeds = {name: [] for name in self.input_names}
         responses: list = [None] * len(requests)
-        accepted = []
+        accepted: list[int] = []
+        feeds: dict[str, list[np.ndarray]] = {name: [] for name in self.input_names}
         for index, request in enumerate(requests):
-            arrays = {n: pb_utils.get_input_tensor_by_name(request, n).as_numpy() for n in self.input_names}
-            if len({a.shape for a in arrays.values()}) > 1:
-                shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in arrays.items())
-                message = f"inputs must all have the same shape, got {shapes}"
-                responses[index] = pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG)
-                )
+            arrays = [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
+            if len({array.shape for array in arrays}) > 1:
+                shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self.input_names, arrays, strict=True))
+                responses[index] = _invalid(f"inputs must all have the same shape, got {shapes}")
                 continue
             accepted.append(index)
-            for name, array in arrays.items():
+            for name, array in zip(self.input_names, arrays, strict=True):
                 feeds[name].append(array)
-        if accepted:
-            self._run(requests, accepted, feeds, responses)
-        return responses
+        if not accepted:
+            return responses
 
-    def _run(self, requests: list, accepted: list[int], feeds: dict, responses: list) -> None:
         sizes = [len(array) for array in feeds[self.input_names[0]]]
         batch = {name: _pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
         try:
             (embeddings,) = self.session.run([self.output_name], batch)
-        except Exception as error:  # onnxruntime raises its own exception types
+        except Exception as error:  # onnxruntime has its own exception types; fail this batch only
+            failure = pb_utils.TritonError(f"encoder failed: {error}")
             for index in accepted:
-                responses[index] = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"encoder failed: {error}"))
-            return
+                responses[index] = pb_utils.InferenceResponse(error=failure)
+            return responses
         for index, part in zip(accepted, np.split(embeddings, np.cumsum(sizes)[:-1]), strict=True):
             responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
+        return responses
