@@ -13,9 +13,13 @@ from pathlib import Path
 
 from export.errors import UserError
 from export.repository import DEFAULT_REPOSITORY
+from export.runtimes import DEFAULTS, RUNTIMES
 from export.server import CONTROL_MODES, ServerOptions, TritonServer
 
-RUNTIME_CHOICES = ("python", "onnxruntime")
+
+def _defaults(field: str) -> str:
+    """'64 python, 128 onnxruntime': a flag's default per runtime, for --help."""
+    return ", ".join(f"{getattr(defaults, field)} {runtime}" for runtime, defaults in DEFAULTS.items())
 
 
 def _add_text_command(commands: argparse._SubParsersAction) -> None:
@@ -29,17 +33,23 @@ def _add_text_command(commands: argparse._SubParsersAction) -> None:
     text.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository folder")
     text.add_argument(
         "--runtime",
-        choices=RUNTIME_CHOICES,
+        choices=list(RUNTIMES),
         default="python",
         help="python: onnxruntime in a Python-backend model (bundled server, CPU); "
         "onnxruntime: native onnxruntime_onnx platform of the NGC image (GPU)",
     )
     text.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")
-    text.add_argument("--max-batch-size", type=int, help="largest batch per model (default: 64 CPU, 128 GPU)")
-    text.add_argument("--instances", type=int, help="encoder instances (default: 1)")
-    text.add_argument("--tokenizer-instances", type=int, help="tokenizer instances (default: 1 CPU, 2 GPU)")
     text.add_argument(
-        "--max-queue-delay-us", type=int, help="dynamic batching delay, microseconds (default: 0 CPU, 500 GPU)"
+        "--max-batch-size", type=int, help=f"largest batch per model (default: {_defaults('max_batch_size')})"
+    )
+    text.add_argument("--instances", type=int, help=f"encoder instances (default: {_defaults('encoder_instances')})")
+    text.add_argument(
+        "--tokenizer-instances", type=int, help=f"tokenizer instances (default: {_defaults('tokenizer_instances')})"
+    )
+    text.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        help=f"dynamic batching delay in microseconds (default: {_defaults('max_queue_delay_us')})",
     )
     text.add_argument(
         "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"

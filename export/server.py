@@ -239,8 +239,14 @@ class TritonServer:
             time.sleep(0.2)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
 
-    def _log_hint(self) -> str:
-        return f" (log: {self.log.name})" if self.log is not None and hasattr(self.log, "name") else ""
+    def _log_hint(self, lines: int = 60) -> str:
+        """The end of the server's log file, if it writes to one (else it is on our terminal)."""
+        name = getattr(self.log, "name", None)
+        if not isinstance(name, str) or not Path(name).is_file():
+            return ""
+        self.log.flush()
+        tail = Path(name).read_text(errors="replace").splitlines()[-lines:]
+        return f"; the end of its log ({name}):\n" + "\n".join(tail)
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL whatever remains."""

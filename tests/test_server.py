@@ -128,3 +128,17 @@ def test_explicit_mode_loads_only_what_is_asked(small_repository: Path, tiny_mod
         client.close()
     with pytest.raises(ServerError, match=r"not in .*: missing"):
         TritonServer(ServerOptions(repository=repo, model_control_mode="explicit", load_models=("missing",))).start()
+
+
+def test_a_model_that_fails_to_load_stops_the_start_with_its_log(tmp_path: Path) -> None:
+    broken = tmp_path / "repo" / "broken"
+    (broken / "1").mkdir(parents=True)
+    (broken / "config.pbtxt").write_text('name: "broken"\nbackend: "python"\nmax_batch_size: 1\n')
+    (broken / "1" / "model.py").write_text("raise RuntimeError('broken at import')\n")
+    options = ServerOptions(
+        repository=tmp_path / "repo", http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
+    )
+    with (tmp_path / "log").open("wb") as log, pytest.raises(ServerError) as caught, TritonServer(options, log=log):
+        pass
+    assert "exited with code 1 before it was ready" in str(caught.value)
+    assert "broken at import" in str(caught.value)

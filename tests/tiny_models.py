@@ -32,6 +32,8 @@ from tests.texts import corpus
 
 HIDDEN = 32
 MAX_LENGTH = 48
+# Two layers, two heads, 32 wide: every part of the architecture, built in milliseconds.
+SMALL = {"hidden_size": HIDDEN, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64}
 QUERY_PROMPT = "Instruct: find a similar text\nQuery: "
 
 
@@ -103,10 +105,7 @@ def tiny_bert(folder: Path) -> TinyModel:
     tokenizer = _wordpiece(corpus())
     config = BertConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **SMALL,
         max_position_embeddings=64,
     )
     fast = PreTrainedTokenizerFast(
@@ -128,10 +127,7 @@ def tiny_xlm_roberta(folder: Path) -> TinyModel:
     tokenizer = _unigram(corpus())
     config = XLMRobertaConfig(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
+        **SMALL,
         max_position_embeddings=MAX_LENGTH + 2,
         pad_token_id=1,
         bos_token_id=0,
@@ -160,11 +156,8 @@ def tiny_decoder(folder: Path) -> TinyModel:
     tokenizer = _byte_bpe(corpus())
     config = Qwen2Config(
         vocab_size=tokenizer.get_vocab_size(),
-        hidden_size=HIDDEN,
-        num_hidden_layers=2,
-        num_attention_heads=2,
+        **SMALL,
         num_key_value_heads=1,
-        intermediate_size=64,
         max_position_embeddings=128,
         pad_token_id=0,
     )
