@@ -132,7 +132,7 @@ def ensemble(
 def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
     model_dir.mkdir(parents=True, exist_ok=True)
     path = model_dir / CONFIG_FILE
-    path.write_text(text_format.MessageToString(config))
+    path.write_text(text_format.MessageToString(config), encoding="utf-8")
     return path
 
 
@@ -140,4 +140,4 @@ def read_config(path: Path) -> mc.ModelConfig:
     """Parse a config.pbtxt (a model folder or the file itself) into a ModelConfig."""
     if path.is_dir():
         path = path / CONFIG_FILE
-    return text_format.Parse(path.read_text(), mc.ModelConfig())
+    return text_format.Parse(path.read_text(encoding="utf-8"), mc.ModelConfig())

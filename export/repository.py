@@ -41,13 +41,16 @@ def version_dir(model_dir: Path) -> Path:
 
 
 def add_python_model(model_dir: Path, kind: str) -> Path:
-    """Copy the Python-backend `model.py` of `kind` (a folder of export/python_models)."""
-    source = PYTHON_MODELS / kind / "model.py"
-    if not source.is_file():
+    """Copy the Python-backend `model.py` of `kind` (a folder of export/python_models) and
+    the helper modules beside it into the model's version folder."""
+    source = PYTHON_MODELS / kind
+    if not (source / "model.py").is_file():
         raise FileNotFoundError(f"no Python-backend model named {kind!r} in {PYTHON_MODELS}")
-    target = version_dir(model_dir) / "model.py"
-    shutil.copyfile(source, target)
-    return target
+    target = version_dir(model_dir)
+    for module in source.glob("*.py"):
+        if module.name != "__init__.py":
+            shutil.copyfile(module, target / module.name)
+    return target / "model.py"
 
 
 def model_names(repository: Path) -> list[str]:

@@ -12,17 +12,15 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from tokenizers import Tokenizer
 
 from export.errors import UserError
 from export.names import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, TensorSpec
+from export.python_steps import TokenizerSettings
 
 if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
 
 SUPPORTED_MODULES = ("Transformer", "Pooling", "Dense", "Normalize")
-# The `tokenizers.Encoding` attribute behind each token tensor (tokenizer/model.py has the same).
-ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 # Above this, `max_seq_length` is a "no limit" sentinel of the tokenizer, not a model limit.
 _NO_LIMIT = 1_000_000
 
@@ -38,31 +36,11 @@ class TextModel:
     model: SentenceTransformer
     inputs: tuple[TensorSpec, ...]
     dimension: int
-    max_length: int
-    padding_side: str
-    pad_token_id: int
-    pad_token: str
-    prefix: str
-
-    @property
-    def tokenizer_json(self) -> str:
-        """The Rust tokenizer, serialized; model.py sets truncation and padding itself."""
-        return self.model[0].tokenizer.backend_tokenizer.to_str()
-
-    def served_tokenizer(self) -> Tokenizer:
-        """The tokenizer set up as the served tokenizer model.py sets it up, to check it."""
-        tokenizer = Tokenizer.from_str(self.tokenizer_json)
-        tokenizer.enable_truncation(max_length=self.max_length)
-        tokenizer.enable_padding(direction=self.padding_side, pad_id=self.pad_token_id, pad_token=self.pad_token)
-        return tokenizer
+    tokenizer: TokenizerSettings
 
     def tokenize(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Token tensors for `texts` (prompt prefix included), as the served tokenizer emits them."""
-        encodings = self.served_tokenizer().encode_batch([self.prefix + text for text in texts])
-        return {
-            spec.name: np.array([getattr(e, ENCODING_FIELDS[spec.name]) for e in encodings], dtype=np.int64)
-            for spec in self.inputs
-        }
+        """Token tensors for `texts`, as the served tokenizer emits them."""
+        return self.tokenizer.tokenize(texts, self.inputs)
 
 
 def _import_sentence_transformers():
@@ -102,16 +80,15 @@ def load_text_model(
         raise UnsupportedModelError(f"{model_id}: the model sets no maximum sequence length; pass --max-length")
 
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    return TextModel(
-        model=model,
-        inputs=tuple(inputs),
-        dimension=model.get_embedding_dimension(),
+    settings = TokenizerSettings(
+        tokenizer_json=tokenizer.backend_tokenizer.to_str(),
         max_length=int(length),
         padding_side=tokenizer.padding_side,
         pad_token_id=pad_token_id,
         pad_token=tokenizer.pad_token or tokenizer.convert_ids_to_tokens(pad_token_id),
         prefix=_prompt(model, prompt_name),
     )
+    return TextModel(model, tuple(inputs), model.get_embedding_dimension(), settings)
 
 
 def _check_modules(model: SentenceTransformer) -> None:

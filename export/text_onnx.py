@@ -91,7 +91,7 @@ def check_text_onnx(
     import onnxruntime as ort
 
     texts = list(VALIDATION_TEXTS)
-    expected = text_model.model.encode(texts, prompt=text_model.prefix, convert_to_numpy=True)
+    expected = text_model.model.encode(texts, prompt=text_model.tokenizer.prefix, convert_to_numpy=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run([EMBEDDING.name], text_model.tokenize(texts))
 

@@ -14,12 +14,11 @@ from pathlib import Path
 from export import model_config, runtimes
 from export.model_config import Batching, EnsembleStep
 from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
-from export.repository import DEFAULT_REPOSITORY, add_python_model, check_pipeline_name, staged_models, version_dir
+from export.python_steps import write_tokenizer
+from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel
 from export.sentence_transformer import TextModel, load_text_model
 from export.text_onnx import DEFAULT_OPSET, Agreement, check_text_onnx, export_text_onnx
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)
@@ -80,29 +79,21 @@ def export_text(options: TextExportOptions) -> TextExport:
             inputs=text_model.inputs,
             output=EMBEDDING.with_dims(text_model.dimension),
             batching=encoder_batching,
-            pad_values={INPUT_IDS.name: text_model.pad_token_id},
-            padding_side=text_model.padding_side,
+            pad_values={INPUT_IDS.name: text_model.tokenizer.pad_token_id},
+            padding_side=text_model.tokenizer.padding_side,
             intra_op_threads=options.intra_op_threads,
         )
         runtimes.write_encoder(staging / names.encoder, encoder, options.runtime)
-        write_tokenizer(staging / names.tokenizer, names.tokenizer, text_model, tokenizer_batching)
+        write_tokenizer(
+            staging / names.tokenizer,
+            names.tokenizer,
+            text_model.tokenizer,
+            TEXT,
+            text_model.inputs,
+            tokenizer_batching,
+        )
         write_text_ensemble(staging / names.ensemble, names, text_model, encoder_batching.max_batch_size)
-    return TextExport(names, text_model.dimension, text_model.max_length, agreement, options.repository)
-
-
-def write_tokenizer(model_dir: Path, name: str, text_model: TextModel, batching: Batching) -> None:
-    add_python_model(model_dir, "tokenizer")
-    (version_dir(model_dir) / TOKENIZER_FILE).write_text(text_model.tokenizer_json)
-    parameters = {
-        "tokenizer_file": TOKENIZER_FILE,
-        "max_length": str(text_model.max_length),
-        "padding_side": text_model.padding_side,
-        "pad_token_id": str(text_model.pad_token_id),
-        "pad_token": text_model.pad_token,
-        "prefix": text_model.prefix,
-    }
-    config = model_config.python_model(name, [model_config.model_input(TEXT)], text_model.inputs, batching, parameters)
-    model_config.write_config(config, model_dir)
+    return TextExport(names, text_model.dimension, text_model.tokenizer.max_length, agreement, options.repository)
 
 
 def write_text_ensemble(model_dir: Path, names: TextPipelineNames, text_model: TextModel, max_batch_size: int) -> None:

@@ -1,10 +1,10 @@
 """Triton Python-backend model: texts in, the encoder's token tensors out.
 
-Loads the `tokenizer.json` export wrote beside this file. Truncation length, padding and an
-optional prompt prefix come from the config's parameters; which tensors to emit comes from
-the config's outputs. All texts of one execute() (every request the dynamic batcher merged)
-are tokenized in one call and padded to the longest of them, so these requests leave with
-tensors of one shape and can be merged again by the encoder's batcher.
+Loads the `tokenizer.json` export wrote beside this file. Text cleaning, truncation, padding
+and a prompt prefix come from the config's parameters; which tensors to emit, and their
+integer type, from the config's outputs. All texts of one execute() (every request the
+dynamic batcher merged) are tokenized in one call and padded to one length, so these
+requests leave with tensors of one shape and can be merged again by the encoder's batcher.
 """
 
 from __future__ import annotations
@@ -14,10 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from tokenizers import Encoding, Tokenizer
-
-# Output tensor name -> the Encoding attribute that holds it.
-_ENCODING_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+from tokenization import CLEANERS, load_tokenizer, token_arrays
 
 
 def _decode_texts(texts: np.ndarray, input_name: str) -> list[str]:
@@ -40,14 +37,17 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config["parameters"].items()}
         self.input_name = config["input"][0]["name"]
-        self.fields = {out["name"]: _ENCODING_FIELDS[out["name"]] for out in config["output"]}
+        self.dtypes = {out["name"]: pb_utils.triton_string_to_numpy(out["data_type"]) for out in config["output"]}
         self.prefix = params.get("prefix", "")
-
+        self.clean = CLEANERS[params.get("clean", "none")]
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.tokenizer = Tokenizer.from_file(str(folder / params["tokenizer_file"]))
-        self.tokenizer.enable_truncation(max_length=int(params["max_length"]))
-        self.tokenizer.enable_padding(
-            direction=params["padding_side"], pad_id=int(params["pad_token_id"]), pad_token=params["pad_token"]
+        self.tokenizer = load_tokenizer(
+            (folder / params["tokenizer_file"]).read_text(encoding="utf-8"),
+            max_length=int(params["max_length"]),
+            padding_side=params["padding_side"],
+            pad_token_id=int(params["pad_token_id"]),
+            pad_token=params["pad_token"],
+            pad_to_length=int(params.get("pad_to_length", "0")),
         )
 
     def execute(self, requests: list) -> list:
@@ -55,7 +55,7 @@ class TritonPythonModel:
         for request in requests:
             tensor = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             try:
-                texts.append([self.prefix + text for text in _decode_texts(tensor, self.input_name)])
+                texts.append([self.clean(self.prefix + text) for text in _decode_texts(tensor, self.input_name)])
                 errors.append(None)
             except ValueError as error:
                 texts.append([])
@@ -67,13 +67,7 @@ class TritonPythonModel:
             if error is not None:
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
-            mine = encodings[start : start + len(batch)]
+            arrays = token_arrays(encodings[start : start + len(batch)], self.dtypes)
             start += len(batch)
-            responses.append(pb_utils.InferenceResponse(output_tensors=self._tensors(mine)))
+            responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in arrays.items()]))
         return responses
-
-    def _tensors(self, encodings: list[Encoding]) -> list:
-        return [
-            pb_utils.Tensor(name, np.array([getattr(e, field) for e in encodings], dtype=np.int64))
-            for name, field in self.fields.items()
-        ]

@@ -1,0 +1,71 @@
+"""The Python-backend steps of pipelines, written into model folders.
+
+Each writer copies the step's model.py (and its helper module) from export/python_models,
+writes the files it loads, and its config with the settings as parameters. The settings
+classes also run the step's helper here, so an exporter can check what will be served before
+writing it. No torch here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from export import model_config
+from export.model_config import Batching
+from export.names import TensorSpec
+from export.python_models.tokenizer.tokenization import CLEANERS, load_tokenizer, token_arrays
+from export.repository import add_python_model, version_dir
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """How the served tokenizer tokenizes: what its model.py reads from the config."""
+
+    tokenizer_json: str
+    max_length: int
+    padding_side: str
+    pad_token_id: int
+    pad_token: str
+    prefix: str = ""
+    clean: str = "none"
+    pad_to_length: int = 0
+
+    def tokenize(self, texts: Sequence[str], outputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+        """Token arrays for `texts`, exactly as the served tokenizer emits them."""
+        tokenizer = load_tokenizer(
+            self.tokenizer_json,
+            max_length=self.max_length,
+            padding_side=self.padding_side,
+            pad_token_id=self.pad_token_id,
+            pad_token=self.pad_token,
+            pad_to_length=self.pad_to_length,
+        )
+        encodings = tokenizer.encode_batch([CLEANERS[self.clean](self.prefix + text) for text in texts])
+        return token_arrays(encodings, {spec.name: spec.numpy_dtype for spec in outputs})
+
+    def parameters(self) -> dict[str, str]:
+        values = asdict(self)
+        del values["tokenizer_json"]  # a file of its own
+        return {"tokenizer_file": TOKENIZER_FILE} | {key: str(value) for key, value in values.items()}
+
+
+def write_tokenizer(
+    model_dir: Path,
+    name: str,
+    settings: TokenizerSettings,
+    text: TensorSpec,
+    outputs: Sequence[TensorSpec],
+    batching: Batching,
+) -> None:
+    add_python_model(model_dir, "tokenizer")
+    (version_dir(model_dir) / TOKENIZER_FILE).write_text(settings.tokenizer_json, encoding="utf-8")
+    config = model_config.python_model(
+        name, [model_config.model_input(text)], outputs, batching, settings.parameters()
+    )
+    model_config.write_config(config, model_dir)
