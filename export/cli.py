@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from export.errors import UserError
+from export.python_steps import DEFAULT_TEMPLATE
 from export.repository import DEFAULT_REPOSITORY
 from export.runtimes import DEFAULTS, RUNTIMES
 from export.server import CONTROL_MODES, ServerOptions, TritonServer
@@ -22,6 +23,36 @@ def _defaults(field: str) -> str:
     return ", ".join(f"{getattr(defaults, field)} {runtime}" for runtime, defaults in DEFAULTS.items())
 
 
+def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> None:
+    """Runtime and batching flags, shared by every exporter."""
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository folder")
+    parser.add_argument(
+        "--runtime",
+        choices=list(RUNTIMES),
+        default="python",
+        help="python: onnxruntime in a Python-backend model (bundled server, CPU); "
+        "onnxruntime: native onnxruntime_onnx platform of the NGC image (GPU)",
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, help=f"largest batch per model (default: {_defaults('max_batch_size')})"
+    )
+    parser.add_argument("--instances", type=int, help=f"encoder instances (default: {_defaults('encoder_instances')})")
+    parser.add_argument(
+        f"--{python_step}-instances",
+        type=int,
+        help=f"{python_step} instances (default: {_defaults('tokenizer_instances')})",
+    )
+    parser.add_argument(
+        "--max-queue-delay-us",
+        type=int,
+        help=f"dynamic batching delay in microseconds (default: {_defaults('max_queue_delay_us')})",
+    )
+    parser.add_argument(
+        "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
+    )
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+
+
 def _add_text_command(commands: argparse._SubParsersAction) -> None:
     text = commands.add_parser(
         "text",
@@ -30,36 +61,69 @@ def _add_text_command(commands: argparse._SubParsersAction) -> None:
     )
     text.add_argument("model", help="Hugging Face hub id or local sentence-transformers folder")
     text.add_argument("--name", required=True, help="pipeline (ensemble) name clients call")
-    text.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="model repository folder")
-    text.add_argument(
-        "--runtime",
-        choices=list(RUNTIMES),
-        default="python",
-        help="python: onnxruntime in a Python-backend model (bundled server, CPU); "
-        "onnxruntime: native onnxruntime_onnx platform of the NGC image (GPU)",
-    )
     text.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")
-    text.add_argument(
-        "--max-batch-size", type=int, help=f"largest batch per model (default: {_defaults('max_batch_size')})"
-    )
-    text.add_argument("--instances", type=int, help=f"encoder instances (default: {_defaults('encoder_instances')})")
-    text.add_argument(
-        "--tokenizer-instances", type=int, help=f"tokenizer instances (default: {_defaults('tokenizer_instances')})"
-    )
-    text.add_argument(
-        "--max-queue-delay-us",
-        type=int,
-        help=f"dynamic batching delay in microseconds (default: {_defaults('max_queue_delay_us')})",
-    )
-    text.add_argument(
-        "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
-    )
-    text.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    _add_serving_flags(text, python_step="tokenizer")
     text.add_argument("--prompt-name", help="prepend this named prompt of the model to every text")
     text.add_argument(
         "--trust-remote-code", action="store_true", help="allow the model's own Python code (off by default)"
     )
     text.set_defaults(run=_run_text)
+
+
+def _add_clip_command(commands: argparse._SubParsersAction) -> None:
+    clip = commands.add_parser(
+        "clip",
+        help="export an open_clip model as Triton text, image and zero-shot classification pipelines",
+        description="Writes NAME_text (TEXT -> EMBEDDING), NAME_image (IMAGE -> EMBEDDING) and, "
+        "with --labels, NAME_classify (IMAGE -> LABEL, SCORES), with their steps.",
+    )
+    clip.add_argument("arch", help="open_clip model name (ViT-B-32, RN50, ...), or hf-hub:/local-dir: folder")
+    clip.add_argument("--name", required=True, help="pipeline name prefix")
+    clip.add_argument(
+        "--pretrained",
+        help="open_clip pretrained tag (e.g. openai, laion2b_s34b_b79k), a checkpoint file, "
+        "or none for random weights; needed for built-in architecture names",
+    )
+    clip.add_argument("--labels", type=Path, help="file of zero-shot labels, one a line: adds NAME_classify")
+    clip.add_argument(
+        "--template",
+        action="append",
+        help=f"prompt per label, {{}} for the label; repeat to average prompts (default: {DEFAULT_TEMPLATE!r})",
+    )
+    clip.add_argument(
+        "--no-draft",
+        action="store_true",
+        help="always decode JPEGs at full size (default: at a reduced DCT scale when at least twice the target)",
+    )
+    _add_serving_flags(clip, python_step="preprocess")
+    clip.set_defaults(run=_run_clip)
+
+
+def _run_clip(args: argparse.Namespace) -> int:
+    from export.clip_pipeline import ClipExportOptions, export_clip, read_labels
+
+    options = ClipExportOptions(
+        arch=args.arch,
+        name=args.name,
+        pretrained=args.pretrained,
+        repository=args.repository,
+        runtime=args.runtime,
+        labels=read_labels(args.labels) if args.labels else (),
+        templates=tuple(args.template or (DEFAULT_TEMPLATE,)),
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        preprocess_instances=args.preprocess_instances,
+        max_queue_delay_us=args.max_queue_delay_us,
+        intra_op_threads=args.intra_op_threads,
+        opset=args.opset,
+        draft=not args.no_draft,
+    )
+    result = export_clip(options)
+    print(
+        f"wrote {', '.join(result.names.models(classify=bool(result.labels)))} to {result.repository}: "
+        f"{result.dimension}-d embeddings; vs open_clip: text {result.text}, image {result.image}"
+    )
+    return 0
 
 
 def _add_serve_command(commands: argparse._SubParsersAction) -> None:
@@ -143,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m export", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
     _add_text_command(commands)
+    _add_clip_command(commands)
     _add_serve_command(commands)
     return parser
 

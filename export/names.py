@@ -46,12 +46,20 @@ class TensorSpec:
 # What clients send and receive.
 TEXT = TensorSpec("TEXT", "BYTES", (1,))
 EMBEDDING = TensorSpec("EMBEDDING", "FP32", (-1,))
+IMAGE = TensorSpec("IMAGE", "BYTES", (1,))  # an encoded image file: raw bytes, base64 or data URI
+LABEL = TensorSpec("LABEL", "BYTES", (1,))  # zero-shot classification: the best label
+SCORES = TensorSpec("SCORES", "FP32", (-1,))  # and the softmax over all labels, in label order
 
 # Between tokenizer and encoder: the Hugging Face names, so the ONNX graph reads like the model.
 INPUT_IDS = TensorSpec("input_ids", "INT64", (-1,))
 ATTENTION_MASK = TensorSpec("attention_mask", "INT64", (-1,))
 TOKEN_TYPE_IDS = TensorSpec("token_type_ids", "INT64", (-1,))
 TOKEN_TENSORS = (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS)
+
+# CLIP steps. Token ids are int32: the text tower pools at the argmax of the ids, and ONNX
+# Runtime's ArgMax has int32 kernels on every version (int64 only on recent ones).
+CLIP_INPUT_IDS = TensorSpec("input_ids", "INT32", (-1,))
+PIXEL_VALUES = TensorSpec("pixel_values", "FP32", (3, -1, -1))
 
 
 @dataclass(frozen=True)
@@ -71,3 +79,50 @@ class TextPipelineNames:
     @property
     def models(self) -> tuple[str, ...]:
         return (self.ensemble, self.tokenizer, self.encoder)
+
+
+@dataclass(frozen=True)
+class ClipPipelineNames:
+    """Model names of one CLIP export: three ensembles clients call, and their steps."""
+
+    name: str
+
+    @property
+    def text(self) -> str:
+        """Ensemble TEXT -> EMBEDDING."""
+        return f"{self.name}_text"
+
+    @property
+    def image(self) -> str:
+        """Ensemble IMAGE -> EMBEDDING."""
+        return f"{self.name}_image"
+
+    @property
+    def classify(self) -> str:
+        """Ensemble IMAGE -> LABEL, SCORES (only when exported with labels)."""
+        return f"{self.name}_classify"
+
+    @property
+    def text_tokenizer(self) -> str:
+        return f"{self.name}_text_tokenizer"
+
+    @property
+    def text_encoder(self) -> str:
+        return f"{self.name}_text_encoder"
+
+    @property
+    def image_preprocess(self) -> str:
+        return f"{self.name}_image_preprocess"
+
+    @property
+    def image_encoder(self) -> str:
+        return f"{self.name}_image_encoder"
+
+    @property
+    def classifier(self) -> str:
+        return f"{self.name}_classifier"
+
+    def models(self, *, classify: bool) -> tuple[str, ...]:
+        text = (self.text, self.text_tokenizer, self.text_encoder)
+        image = (self.image, self.image_preprocess, self.image_encoder)
+        return (*text, *image, self.classify, self.classifier) if classify else (*text, *image)

@@ -8,6 +8,7 @@ writing it. No torch here.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -16,11 +17,14 @@ import numpy as np
 
 from export import model_config
 from export.model_config import Batching
-from export.names import TensorSpec
+from export.names import EMBEDDING, LABEL, SCORES, TensorSpec
+from export.python_models.image_preprocess.image_processing import PreprocessSettings
 from export.python_models.tokenizer.tokenization import CLEANERS, load_tokenizer, token_arrays
 from export.repository import add_python_model, version_dir
 
 TOKENIZER_FILE = "tokenizer.json"
+LABEL_EMBEDDINGS_FILE = "label_embeddings.npy"
+DEFAULT_TEMPLATE = "a photo of {}."  # the zero-shot prompt each label is put in
 
 
 @dataclass(frozen=True)
@@ -68,4 +72,44 @@ def write_tokenizer(
     config = model_config.python_model(
         name, [model_config.model_input(text)], outputs, batching, settings.parameters()
     )
+    model_config.write_config(config, model_dir)
+
+
+def write_image_preprocess(
+    model_dir: Path,
+    name: str,
+    settings: PreprocessSettings,
+    image: TensorSpec,
+    pixels: TensorSpec,
+    batching: Batching,
+) -> None:
+    add_python_model(model_dir, "image_preprocess")
+    parameters = {"preprocess": settings.to_json()}
+    config = model_config.python_model(name, [model_config.model_input(image)], [pixels], batching, parameters)
+    model_config.write_config(config, model_dir)
+
+
+def classifier_parameters(labels: Sequence[str]) -> dict[str, str]:
+    """The labels, in SCORES order, readable from the config of the classifier and ensemble."""
+    return {"labels": json.dumps(list(labels), ensure_ascii=False)}
+
+
+def write_classifier(
+    model_dir: Path,
+    name: str,
+    labels: Sequence[str],
+    label_embeddings: np.ndarray,
+    logit_scale: float,
+    batching: Batching,
+) -> None:
+    """Zero-shot classifier: EMBEDDING -> LABEL, SCORES over `labels` (one embedding row each)."""
+    count, dimension = label_embeddings.shape
+    embedding, outputs = EMBEDDING.with_dims(dimension), [LABEL, SCORES.with_dims(count)]
+    add_python_model(model_dir, "zero_shot_classifier")
+    np.save(version_dir(model_dir) / LABEL_EMBEDDINGS_FILE, label_embeddings.astype(np.float32))
+    parameters = classifier_parameters(labels) | {
+        "label_embeddings_file": LABEL_EMBEDDINGS_FILE,
+        "logit_scale": repr(float(logit_scale)),
+    }
+    config = model_config.python_model(name, [model_config.model_input(embedding)], outputs, batching, parameters)
     model_config.write_config(config, model_dir)

@@ -49,14 +49,16 @@ class EncoderModel:
     """An ONNX encoder (already written as `ONNX_FILE` in the model's version folder) and
     how to serve it.
 
-    `pad_values` says what fills each input when requests of different lengths are merged
-    into one batch (the Python runtime merges them itself, see `python_encoder`).
+    `ragged`: the inputs' last axis varies between requests (token sequences). The Python
+    runtime then merges requests of different lengths, padding with `pad_values` on
+    `padding_side` (see `python_encoder`); fixed-shape inputs (pixels) merge anyway.
     """
 
     name: str
     inputs: Sequence[TensorSpec]
     output: TensorSpec
     batching: Batching
+    ragged: bool = False
     pad_values: Mapping[str, int] = field(default_factory=dict)
     padding_side: str = "right"
     intra_op_threads: int = 0
@@ -65,7 +67,7 @@ class EncoderModel:
 def python_encoder(model_dir: Path, encoder: EncoderModel) -> mc.ModelConfig:
     """onnxruntime inside a Python-backend model.
 
-    Inputs are declared ragged: Triton's batcher then merges requests whose sequence lengths
+    Sequence inputs are declared ragged: Triton's batcher then merges requests whose lengths
     differ, and model.py pads them to one length. Without it, only requests of equal padded
     length would merge, and under mixed-length traffic most executions would run alone.
     """
@@ -76,7 +78,7 @@ def python_encoder(model_dir: Path, encoder: EncoderModel) -> mc.ModelConfig:
         "padding_side": encoder.padding_side,
         "intra_op_threads": str(encoder.intra_op_threads),
     }
-    inputs = [model_config.model_input(spec, ragged=True) for spec in encoder.inputs]
+    inputs = [model_config.model_input(spec, ragged=encoder.ragged) for spec in encoder.inputs]
     return model_config.python_model(encoder.name, inputs, [encoder.output], encoder.batching, parameters)
 
 

@@ -9,15 +9,13 @@ a re-implementation. Before the file is accepted, onnxruntime's output is compar
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from export.errors import UserError
 from export.names import EMBEDDING
 from export.sentence_transformer import TextModel
+from export.validation import Agreement, require_agreement
 
 DEFAULT_OPSET = 17
 # Texts the exporter checks the ONNX graph on: lengths from one token to past any max length,
@@ -30,19 +28,6 @@ VALIDATION_TEXTS = (
     "🙂 emoji, punctuation!!! and    spaces",
     "word " * 600,
 )
-
-
-class ExportValidationError(UserError):
-    """The exported graph does not reproduce sentence-transformers within tolerance."""
-
-
-@dataclass(frozen=True)
-class Agreement:
-    min_cosine: float
-    max_abs_diff: float
-
-    def __str__(self) -> str:
-        return f"min cosine {self.min_cosine:.8f}, max abs diff {self.max_abs_diff:.2e}"
 
 
 class _SentenceEmbedding(torch.nn.Module):
@@ -79,9 +64,7 @@ def export_text_onnx(text_model: TextModel, path: Path, *, opset: int = DEFAULT_
         )
 
 
-def check_text_onnx(
-    text_model: TextModel, path: Path, *, min_cosine: float = 0.99999, max_abs_diff: float = 1e-4
-) -> Agreement:
+def check_text_onnx(text_model: TextModel, path: Path) -> Agreement:
     """Compare what the pipeline will serve with `SentenceTransformer.encode`; raise if they differ.
 
     The texts go through the served tokenizer's setup (tokenizer.json, truncation, padding,
@@ -94,11 +77,4 @@ def check_text_onnx(
     expected = text_model.model.encode(texts, prompt=text_model.tokenizer.prefix, convert_to_numpy=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run([EMBEDDING.name], text_model.tokenize(texts))
-
-    cosine = np.sum(got * expected, axis=1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1))
-    agreement = Agreement(float(cosine.min()), float(np.abs(got - expected).max()))
-    scale = max(1.0, float(np.abs(expected).max()))
-    # Written so that NaN (a zero or broken embedding) fails too.
-    if not (agreement.min_cosine >= min_cosine and agreement.max_abs_diff <= max_abs_diff * scale):
-        raise ExportValidationError(f"tokenizer + ONNX output differs from sentence-transformers: {agreement}")
-    return agreement
+    return require_agreement("served tokenizer + ONNX output vs sentence-transformers", got, expected)

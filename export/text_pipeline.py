@@ -18,7 +18,8 @@ from export.python_steps import write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel
 from export.sentence_transformer import TextModel, load_text_model
-from export.text_onnx import DEFAULT_OPSET, Agreement, check_text_onnx, export_text_onnx
+from export.text_onnx import DEFAULT_OPSET, check_text_onnx, export_text_onnx
+from export.validation import Agreement
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,7 @@ def export_text(options: TextExportOptions) -> TextExport:
             inputs=text_model.inputs,
             output=EMBEDDING.with_dims(text_model.dimension),
             batching=encoder_batching,
+            ragged=True,
             pad_values={INPUT_IDS.name: text_model.tokenizer.pad_token_id},
             padding_side=text_model.tokenizer.padding_side,
             intra_op_threads=options.intra_op_threads,

@@ -15,10 +15,12 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from sentence_transformers import SentenceTransformer
 
+from export.clip_pipeline import ClipExportOptions, export_clip
 from export.default_model import default_model_path
 from export.names import DEFAULT_TEXT_PIPELINE
 from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
+from tests.clip_models import ClipReference, tiny_custom, vit_b_32
 from tests.helpers import free_port
 from tests.tiny_models import TINY_MODELS, TinyModel
 
@@ -26,6 +28,8 @@ from tests.tiny_models import TINY_MODELS, TinyModel
 # be merged into one execution (what the bad-element-in-a-batch test needs).
 SLOW_BATCHING_DELAY_US = 200_000
 PROMPTED = "tiny-decoder-query"
+CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
+CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
 
 
 @pytest.fixture(scope="session")
@@ -36,7 +40,18 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, TinyModel
 
 
 @pytest.fixture(scope="session")
-def repository(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, TinyModel]) -> Path:
+def clip_models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, ClipReference]:
+    """Pipeline name -> the reference open_clip model it is exported from."""
+    folder = tmp_path_factory.mktemp("clip-models")
+    return {"clip-vit-b-32": vit_b_32(folder / "vit-b-32"), "clip-tiny": tiny_custom(folder / "tiny")}
+
+
+@pytest.fixture(scope="session")
+def repository(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_models: dict[str, TinyModel],
+    clip_models: dict[str, ClipReference],
+) -> Path:
     repo = tmp_path_factory.mktemp("serving") / "model_repository"
     export_text(TextExportOptions(model=str(default_model_path()), name=DEFAULT_TEXT_PIPELINE, repository=repo))
     for model in tiny_models.values():
@@ -47,6 +62,10 @@ def repository(tmp_path_factory: pytest.TempPathFactory, tiny_models: dict[str, 
     decoder = str(tiny_models["tiny-decoder"].path)
     options = TextExportOptions(model=decoder, name=PROMPTED, repository=repo, prompt_name="query", max_length=16)
     export_text(options)
+    for name, clip in clip_models.items():
+        labels = CLIP_LABELS if name == "clip-vit-b-32" else ()
+        options = ClipExportOptions(clip.arch, name, clip.pretrained, repo, labels=labels, templates=CLIP_TEMPLATES)
+        export_clip(options)
     return repo
 
 

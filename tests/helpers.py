@@ -49,3 +49,11 @@ def counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, i
     """(inference_count, execution_count) of a model since the server started."""
     (stats,) = client.get_inference_statistics(model).model_stats
     return stats.inference_count, stats.execution_count
+
+
+def infer_bytes(client: grpcclient.InferenceServerClient, model: str, name: str, items: list, outputs: list[str]):
+    """One request with a [n, 1] BYTES input; returns the named outputs as numpy arrays."""
+    tensor = grpcclient.InferInput(name, [len(items), 1], "BYTES")
+    tensor.set_data_from_numpy(text_array(items))
+    result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
+    return [result.as_numpy(output) for output in outputs]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +11,19 @@ import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
 from export.model_config import read_config
-from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TOKEN_TYPE_IDS, TextPipelineNames
+from export.names import (
+    CLIP_INPUT_IDS,
+    DEFAULT_TEXT_PIPELINE,
+    EMBEDDING,
+    IMAGE,
+    LABEL,
+    PIXEL_VALUES,
+    SCORES,
+    TEXT,
+    TOKEN_TYPE_IDS,
+    ClipPipelineNames,
+    TextPipelineNames,
+)
 from export.repository import model_names
 
 PIPELINES = [DEFAULT_TEXT_PIPELINE, "tiny-bert", "tiny-xlm-roberta", "tiny-decoder"]
@@ -22,7 +35,7 @@ def all_configs(repository: Path) -> dict[str, mc.ModelConfig]:
 
 def test_every_config_parses_and_is_batched(repository: Path) -> None:
     configs = all_configs(repository)
-    assert len(configs) >= 3 * len(PIPELINES)
+    assert len(configs) >= 3 * len(PIPELINES) + 6 + 8  # text pipelines, CLIP without and with labels
     for folder, config in configs.items():
         assert config.name == folder
         assert config.max_batch_size > 0, folder
@@ -112,3 +125,62 @@ def test_gpu_runtime_defaults(tmp_path: Path, tiny_models) -> None:
     encoder = read_config(tmp_path / "gpu_encoder")
     assert encoder.max_batch_size == 128
     assert encoder.dynamic_batching.max_queue_delay_microseconds == 500
+
+
+@pytest.mark.parametrize(
+    ("name", "context", "pixels"), [("clip-vit-b-32", 77, [3, 224, 224]), ("clip-tiny", 32, [3, 64, 96])]
+)
+def test_clip_wiring(repository: Path, clip_models, name: str, context: int, pixels: list[int]) -> None:
+    names = ClipPipelineNames(name)
+    text, image = read_config(repository / names.text), read_config(repository / names.image)
+    assert [s.model_name for s in text.ensemble_scheduling.step] == [names.text_tokenizer, names.text_encoder]
+    assert [s.model_name for s in image.ensemble_scheduling.step] == [names.image_preprocess, names.image_encoder]
+    assert [(t.name, t.data_type) for t in image.input] == [(IMAGE.name, mc.TYPE_STRING)]
+
+    tokenizer = read_config(repository / names.text_tokenizer)
+    (ids,) = tokenizer.output
+    assert (ids.name, ids.data_type, list(ids.dims)) == (CLIP_INPUT_IDS.name, mc.TYPE_INT32, [context])
+    assert tokenizer.parameters["pad_to_length"].string_value == str(context)
+
+    preprocess = read_config(repository / names.image_preprocess)
+    (output,) = preprocess.output
+    assert (output.name, list(output.dims)) == (PIXEL_VALUES.name, pixels)
+    settings = json.loads(preprocess.parameters["preprocess"].string_value)
+    reference = clip_models[name].model.visual.preprocess_cfg  # read from open_clip, not assumed
+    for key in ("size", "mean", "std"):
+        assert settings[key] == list(reference[key]), key
+    for key in ("interpolation", "resize_mode", "fill_color"):
+        assert settings[key] == reference[key], key
+
+    classify = (repository / names.classify).exists()
+    assert classify == (name == "clip-vit-b-32")  # only exported with labels
+    if classify:
+        config = read_config(repository / names.classify)
+        steps = [s.model_name for s in config.ensemble_scheduling.step]
+        assert steps == [names.image_preprocess, names.image_encoder, names.classifier]
+        assert [o.name for o in config.output] == [LABEL.name, SCORES.name]
+
+
+def test_clip_cli_for_the_gpu_runtime(tmp_path: Path, clip_models) -> None:
+    labels = tmp_path / "labels.txt"
+    labels.write_text("cat\n\ndog\n", encoding="utf-8")
+    command = [
+        sys.executable, "-m", "export", "clip", clip_models["clip-tiny"].arch, "--name", "gpu-clip",
+        "--repository", str(tmp_path / "repo"), "--runtime", "onnxruntime", "--labels", str(labels),
+        "--template", "a photo of {}.", "--template", "art of {}.", "--max-batch-size", "8",
+        "--preprocess-instances", "3", "--no-draft",
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    names = ClipPipelineNames("gpu-clip")
+    assert sorted(model_names(tmp_path / "repo")) == sorted(names.models(classify=True))
+    for encoder in (names.text_encoder, names.image_encoder):
+        config = read_config(tmp_path / "repo" / encoder)
+        assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+        assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    preprocess = read_config(tmp_path / "repo" / names.image_preprocess)
+    assert preprocess.instance_group[0].count == 3
+    assert json.loads(preprocess.parameters["preprocess"].string_value)["draft"] is False
+    classifier = read_config(tmp_path / "repo" / names.classifier)
+    assert json.loads(classifier.parameters["labels"].string_value) == ["cat", "dog"]
+    assert list(classifier.output[1].dims) == [2]

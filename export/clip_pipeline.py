@@ -1,0 +1,159 @@
+"""Export an open_clip model as Triton pipelines, named by `names.ClipPipelineNames`:
+
+- `<name>_text`: TEXT -> EMBEDDING (`_text_tokenizer`, Python; `_text_encoder`, ONNX);
+- `<name>_image`: IMAGE -> EMBEDDING (`_image_preprocess`, Python; `_image_encoder`, ONNX);
+- `<name>_classify` (with labels): IMAGE -> LABEL, SCORES (the image steps, then
+  `_classifier`, Python, holding the labels' text embeddings computed here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from export import model_config, runtimes
+from export.clip_model import ClipModel, load_clip_model
+from export.clip_onnx import check_clip_onnx, export_clip_onnx, label_embeddings
+from export.errors import InvalidArgumentError
+from export.model_config import Batching, EnsembleStep
+from export.names import CLIP_INPUT_IDS, EMBEDDING, IMAGE, LABEL, PIXEL_VALUES, SCORES, TEXT, ClipPipelineNames
+from export.python_steps import (
+    DEFAULT_TEMPLATE,
+    classifier_parameters,
+    write_classifier,
+    write_image_preprocess,
+    write_tokenizer,
+)
+from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
+from export.runtimes import ONNX_FILE, EncoderModel
+from export.text_onnx import DEFAULT_OPSET
+from export.validation import Agreement
+
+
+@dataclass(frozen=True)
+class ClipExportOptions:
+    """What `python -m export clip` was asked for; None means the runtime's default."""
+
+    arch: str
+    name: str
+    pretrained: str | None  # a tag, a checkpoint file, "none" (random weights); None: not given
+    repository: Path = DEFAULT_REPOSITORY
+    runtime: str = "python"
+    labels: tuple[str, ...] = ()
+    templates: tuple[str, ...] = field(default=(DEFAULT_TEMPLATE,))
+    max_batch_size: int | None = None
+    instances: int | None = None
+    preprocess_instances: int | None = None
+    max_queue_delay_us: int | None = None
+    intra_op_threads: int = 0
+    opset: int = DEFAULT_OPSET
+    draft: bool = True
+
+    def batching(self) -> tuple[Batching, Batching]:
+        """(Python steps, encoders) batching, with the runtime's defaults filled in."""
+        defaults = runtimes.DEFAULTS[self.runtime]
+        size = self.max_batch_size or defaults.max_batch_size
+        delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
+        return (
+            Batching(size, delay, self.preprocess_instances or defaults.tokenizer_instances),
+            Batching(size, delay, self.instances or defaults.encoder_instances),
+        )
+
+
+@dataclass(frozen=True)
+class ClipExport:
+    names: ClipPipelineNames
+    dimension: int
+    labels: tuple[str, ...]
+    text: Agreement
+    image: Agreement
+    repository: Path
+
+
+def read_labels(path: Path) -> tuple[str, ...]:
+    """One label a line; blank lines skipped; duplicates refused (SCORES would be ambiguous)."""
+    labels = tuple(line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    if not labels:
+        raise InvalidArgumentError(f"{path} holds no labels (one a line)")
+    duplicates = sorted({label for label in labels if labels.count(label) > 1})
+    if duplicates:
+        raise InvalidArgumentError(f"{path}: duplicate labels {duplicates}")
+    return labels
+
+
+def _check_templates(templates: Sequence[str]) -> None:
+    for template in templates:
+        if template.count("{}") != 1:
+            raise InvalidArgumentError(f"template {template!r} must hold exactly one {{}} for the label")
+
+
+def export_clip(options: ClipExportOptions) -> ClipExport:
+    """Load, convert, check against open_clip, then write every model."""
+    names = ClipPipelineNames(check_pipeline_name(options.name))
+    runtimes.check_runtime(options.runtime)
+    _check_templates(options.templates)
+    python_batching, encoder_batching = options.batching()
+    clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
+    with staged_models(options.repository) as staging:
+        text_onnx = version_dir(staging / names.text_encoder) / ONNX_FILE
+        image_onnx = version_dir(staging / names.image_encoder) / ONNX_FILE
+        export_clip_onnx(clip, text_onnx, image_onnx, opset=options.opset)
+        text_agreement, image_agreement = check_clip_onnx(clip, text_onnx, image_onnx)
+
+        ids = CLIP_INPUT_IDS.with_dims(clip.tokenizer.pad_to_length)
+        pixels = PIXEL_VALUES.with_dims(3, *clip.preprocess.size)
+        embedding = EMBEDDING.with_dims(clip.dimension)
+        for encoder_name, encoder_input in ((names.text_encoder, ids), (names.image_encoder, pixels)):
+            encoder = EncoderModel(
+                encoder_name, [encoder_input], embedding, encoder_batching, intra_op_threads=options.intra_op_threads
+            )
+            runtimes.write_encoder(staging / encoder_name, encoder, options.runtime)
+        write_tokenizer(
+            staging / names.text_tokenizer, names.text_tokenizer, clip.tokenizer, TEXT, [ids], python_batching
+        )
+        write_image_preprocess(
+            staging / names.image_preprocess, names.image_preprocess, clip.preprocess, IMAGE, pixels, python_batching
+        )
+        _write_ensembles(staging, names, clip, encoder_batching.max_batch_size)
+        if options.labels:
+            _write_classify(staging, names, clip, options, python_batching)
+    return ClipExport(names, clip.dimension, options.labels, text_agreement, image_agreement, options.repository)
+
+
+def _write_ensembles(staging: Path, names: ClipPipelineNames, clip: ClipModel, max_batch_size: int) -> None:
+    embedding = EMBEDDING.with_dims(clip.dimension)
+    for ensemble, first, encoder, source, between in (
+        (names.text, names.text_tokenizer, names.text_encoder, TEXT, CLIP_INPUT_IDS),
+        (names.image, names.image_preprocess, names.image_encoder, IMAGE, PIXEL_VALUES),
+    ):
+        steps = [
+            EnsembleStep(first, {source.name: source.name}, {between.name: between.name}),
+            EnsembleStep(encoder, {between.name: between.name}, {EMBEDDING.name: EMBEDDING.name}),
+        ]
+        config = model_config.ensemble(ensemble, [source], [embedding], max_batch_size, steps)
+        version_dir(staging / ensemble)
+        model_config.write_config(config, staging / ensemble)
+
+
+def _write_classify(
+    staging: Path, names: ClipPipelineNames, clip: ClipModel, options: ClipExportOptions, batching: Batching
+) -> None:
+    """The classifier step, and the ensemble IMAGE -> preprocess -> image encoder -> classifier."""
+    embeddings = label_embeddings(clip, list(options.labels), list(options.templates))
+    write_classifier(
+        staging / names.classifier, names.classifier, options.labels, embeddings, clip.logit_scale, batching
+    )
+    steps = [
+        EnsembleStep(names.image_preprocess, {IMAGE.name: IMAGE.name}, {PIXEL_VALUES.name: PIXEL_VALUES.name}),
+        EnsembleStep(names.image_encoder, {PIXEL_VALUES.name: PIXEL_VALUES.name}, {EMBEDDING.name: EMBEDDING.name}),
+        EnsembleStep(
+            names.classifier, {EMBEDDING.name: EMBEDDING.name}, {LABEL.name: LABEL.name, SCORES.name: SCORES.name}
+        ),
+    ]
+    outputs = [LABEL, SCORES.with_dims(len(options.labels))]
+    config = model_config.ensemble(names.classify, [IMAGE], outputs, batching.max_batch_size, steps)
+    for key, value in classifier_parameters(options.labels).items():
+        config.parameters[key].string_value = value
+    version_dir(staging / names.classify)
+    model_config.write_config(config, staging / names.classify)

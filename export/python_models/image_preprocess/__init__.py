@@ -1,0 +1,1 @@
+"""See export/python_models/__init__.py."""
