@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests import images
 from tests.test_bad_input import post_infer
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
@@ -21,11 +22,16 @@ def on_test_server(code: str, server) -> str:
 
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
-def test_python_examples(server, index: int) -> None:
+def test_python_examples(server, index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each example embeds two items; image files it opens are generated in its folder."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cat.jpg").write_bytes(images.jpeg(400, 300))
+    (tmp_path / "dog.png").write_bytes(images.in_mode("RGBA"))
     namespace: dict = {}
     exec(on_test_server(PYTHON_BLOCKS[index], server), namespace)
     embeddings = namespace["embeddings"]
-    assert embeddings.shape == (2, 384) and embeddings.dtype == np.float32
+    assert embeddings.shape[0] == 2 and embeddings.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
 
 
 def test_curl_example(server) -> None:
