@@ -26,6 +26,7 @@ from tokenizers import Tokenizer
 
 from export.default_model import default_model_path
 from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
+from export.runtimes import ServingOptions
 from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
 from tests.helpers import free_port, text_array
@@ -95,9 +96,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for delay in args.delays:
             repo = Path(tmp) / f"delay-{delay}"
-            options = TextExportOptions(
-                model=str(default_model_path()), name=DEFAULT_TEXT_PIPELINE, repository=repo, max_queue_delay_us=delay
-            )
+            serving = ServingOptions(max_queue_delay_us=delay)
+            options = TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repo, serving=serving)
             export_text(options)
             server_options = ServerOptions(
                 repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()

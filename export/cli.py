@@ -14,7 +14,7 @@ from pathlib import Path
 from export.errors import UserError
 from export.python_steps import DEFAULT_TEMPLATE
 from export.repository import DEFAULT_REPOSITORY
-from export.runtimes import DEFAULTS, RUNTIMES
+from export.runtimes import DEFAULTS, RUNTIMES, ServingOptions
 from export.server import CONTROL_MODES, ServerOptions, TritonServer
 
 
@@ -51,6 +51,17 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
         "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+
+
+def _serving_options(args: argparse.Namespace, step_instances: int | None) -> ServingOptions:
+    return ServingOptions(
+        runtime=args.runtime,
+        max_batch_size=args.max_batch_size,
+        instances=args.instances,
+        step_instances=step_instances,
+        max_queue_delay_us=args.max_queue_delay_us,
+        intra_op_threads=args.intra_op_threads,
+    )
 
 
 def _add_text_command(commands: argparse._SubParsersAction) -> None:
@@ -107,14 +118,9 @@ def _run_clip(args: argparse.Namespace) -> int:
         name=args.name,
         pretrained=args.pretrained,
         repository=args.repository,
-        runtime=args.runtime,
+        serving=_serving_options(args, args.preprocess_instances),
         labels=read_labels(args.labels) if args.labels else (),
         templates=tuple(args.template or (DEFAULT_TEMPLATE,)),
-        max_batch_size=args.max_batch_size,
-        instances=args.instances,
-        preprocess_instances=args.preprocess_instances,
-        max_queue_delay_us=args.max_queue_delay_us,
-        intra_op_threads=args.intra_op_threads,
         opset=args.opset,
         draft=not args.no_draft,
     )
@@ -148,13 +154,8 @@ def _run_text(args: argparse.Namespace) -> int:
         model=args.model,
         name=args.name,
         repository=args.repository,
-        runtime=args.runtime,
+        serving=_serving_options(args, args.tokenizer_instances),
         max_length=args.max_length,
-        max_batch_size=args.max_batch_size,
-        instances=args.instances,
-        tokenizer_instances=args.tokenizer_instances,
-        max_queue_delay_us=args.max_queue_delay_us,
-        intra_op_threads=args.intra_op_threads,
         opset=args.opset,
         prompt_name=args.prompt_name,
         trust_remote_code=args.trust_remote_code,

@@ -27,22 +27,16 @@ from export.validation import Agreement, ExportValidationError, require_agreemen
 CLIP_VALIDATION_TEXTS = (*VALIDATION_TEXTS, "Fish &amp; chips &lt;3", "caf\u00c3\u00a9 mojibake", "It'S   a\tTEST")
 
 
-class _TextTower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+class _Tower(torch.nn.Module):
+    """One tower of the model as a module of its own: `encode_text` or `encode_image`."""
+
+    def __init__(self, model: torch.nn.Module, method: str) -> None:
         super().__init__()
         self.model = model
+        self.method = method
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_text(input_ids, normalize=True)
-
-
-class _ImageTower(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(pixel_values, normalize=True)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model, self.method)(inputs, normalize=True)
 
 
 @contextmanager
@@ -78,8 +72,8 @@ def export_clip_onnx(clip: ClipModel, text_path: Path, image_path: Path, *, opse
     height, width = clip.preprocess.size
     pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
     with _exportable():
-        _export(_TextTower(clip.model), ids, CLIP_INPUT_IDS.name, text_path, opset)
-        _export(_ImageTower(clip.model), pixels, PIXEL_VALUES.name, image_path, opset)
+        _export(_Tower(clip.model, "encode_text"), ids, CLIP_INPUT_IDS.name, text_path, opset)
+        _export(_Tower(clip.model, "encode_image"), pixels, PIXEL_VALUES.name, image_path, opset)
 
 
 def _served_ids(clip: ClipModel, texts: list[str]) -> np.ndarray:

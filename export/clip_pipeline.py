@@ -26,39 +26,24 @@ from export.python_steps import (
     write_tokenizer,
 )
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
-from export.runtimes import ONNX_FILE, EncoderModel
+from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.text_onnx import DEFAULT_OPSET
 from export.validation import Agreement
 
 
 @dataclass(frozen=True)
 class ClipExportOptions:
-    """What `python -m export clip` was asked for; None means the runtime's default."""
+    """What `python -m export clip` was asked for."""
 
     arch: str
     name: str
     pretrained: str | None  # a tag, a checkpoint file, "none" (random weights); None: not given
     repository: Path = DEFAULT_REPOSITORY
-    runtime: str = "python"
+    serving: ServingOptions = field(default_factory=ServingOptions)
     labels: tuple[str, ...] = ()
-    templates: tuple[str, ...] = field(default=(DEFAULT_TEMPLATE,))
-    max_batch_size: int | None = None
-    instances: int | None = None
-    preprocess_instances: int | None = None
-    max_queue_delay_us: int | None = None
-    intra_op_threads: int = 0
+    templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
     opset: int = DEFAULT_OPSET
     draft: bool = True
-
-    def batching(self) -> tuple[Batching, Batching]:
-        """(Python steps, encoders) batching, with the runtime's defaults filled in."""
-        defaults = runtimes.DEFAULTS[self.runtime]
-        size = self.max_batch_size or defaults.max_batch_size
-        delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
-        return (
-            Batching(size, delay, self.preprocess_instances or defaults.tokenizer_instances),
-            Batching(size, delay, self.instances or defaults.encoder_instances),
-        )
 
 
 @dataclass(frozen=True)
@@ -91,9 +76,8 @@ def _check_templates(templates: Sequence[str]) -> None:
 def export_clip(options: ClipExportOptions) -> ClipExport:
     """Load, convert, check against open_clip, then write every model."""
     names = ClipPipelineNames(check_pipeline_name(options.name))
-    runtimes.check_runtime(options.runtime)
     _check_templates(options.templates)
-    python_batching, encoder_batching = options.batching()
+    python_batching, encoder_batching = options.serving.batching()
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
     with staged_models(options.repository) as staging:
         text_onnx = version_dir(staging / names.text_encoder) / ONNX_FILE
@@ -105,10 +89,9 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
         pixels = PIXEL_VALUES.with_dims(3, *clip.preprocess.size)
         embedding = EMBEDDING.with_dims(clip.dimension)
         for encoder_name, encoder_input in ((names.text_encoder, ids), (names.image_encoder, pixels)):
-            encoder = EncoderModel(
-                encoder_name, [encoder_input], embedding, encoder_batching, intra_op_threads=options.intra_op_threads
-            )
-            runtimes.write_encoder(staging / encoder_name, encoder, options.runtime)
+            threads = options.serving.intra_op_threads
+            encoder = EncoderModel(encoder_name, [encoder_input], embedding, encoder_batching, intra_op_threads=threads)
+            runtimes.write_encoder(staging / encoder_name, encoder, options.serving.runtime)
         write_tokenizer(
             staging / names.text_tokenizer, names.text_tokenizer, clip.tokenizer, TEXT, [ids], python_batching
         )

@@ -45,6 +45,32 @@ DEFAULTS = {
 
 
 @dataclass(frozen=True)
+class ServingOptions:
+    """How a pipeline is served, as asked for on the command line; None: the runtime's default.
+
+    `step_instances` counts each Python step (tokenizer, image preprocess, classifier);
+    `instances` each encoder.
+    """
+
+    runtime: str = "python"
+    max_batch_size: int | None = None
+    instances: int | None = None
+    step_instances: int | None = None
+    max_queue_delay_us: int | None = None
+    intra_op_threads: int = 0
+
+    def batching(self) -> tuple[Batching, Batching]:
+        """(Python steps, encoders) batching, with the runtime's defaults filled in."""
+        defaults = DEFAULTS[check_runtime(self.runtime)]
+        size = self.max_batch_size or defaults.max_batch_size
+        delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
+        return (
+            Batching(size, delay, self.step_instances or defaults.tokenizer_instances),
+            Batching(size, delay, self.instances or defaults.encoder_instances),
+        )
+
+
+@dataclass(frozen=True)
 class EncoderModel:
     """An ONNX encoder (already written as `ONNX_FILE` in the model's version folder) and
     how to serve it.

@@ -8,15 +8,15 @@ Three models, named by `names.TextPipelineNames`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from export import model_config, runtimes
-from export.model_config import Batching, EnsembleStep
+from export.model_config import EnsembleStep
 from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
 from export.python_steps import write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
-from export.runtimes import ONNX_FILE, EncoderModel
+from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.sentence_transformer import TextModel, load_text_model
 from export.text_onnx import DEFAULT_OPSET, check_text_onnx, export_text_onnx
 from export.validation import Agreement
@@ -24,31 +24,16 @@ from export.validation import Agreement
 
 @dataclass(frozen=True)
 class TextExportOptions:
-    """What `python -m export text` was asked for; None means the runtime's default."""
+    """What `python -m export text` was asked for."""
 
     model: str
     name: str
     repository: Path = DEFAULT_REPOSITORY
-    runtime: str = "python"
+    serving: ServingOptions = field(default_factory=ServingOptions)
     max_length: int | None = None
-    max_batch_size: int | None = None
-    instances: int | None = None
-    tokenizer_instances: int | None = None
-    max_queue_delay_us: int | None = None
-    intra_op_threads: int = 0
     opset: int = DEFAULT_OPSET
     prompt_name: str | None = None
     trust_remote_code: bool = False
-
-    def batching(self) -> tuple[Batching, Batching]:
-        """(tokenizer, encoder) batching, with the runtime's defaults filled in."""
-        defaults = runtimes.DEFAULTS[self.runtime]
-        size = self.max_batch_size or defaults.max_batch_size
-        delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
-        return (
-            Batching(size, delay, self.tokenizer_instances or defaults.tokenizer_instances),
-            Batching(size, delay, self.instances or defaults.encoder_instances),
-        )
 
 
 @dataclass(frozen=True)
@@ -63,8 +48,7 @@ class TextExport:
 def export_text(options: TextExportOptions) -> TextExport:
     """Load, convert, check against sentence-transformers, then write the three models."""
     names = TextPipelineNames(check_pipeline_name(options.name))
-    runtimes.check_runtime(options.runtime)
-    tokenizer_batching, encoder_batching = options.batching()
+    tokenizer_batching, encoder_batching = options.serving.batching()
     text_model = load_text_model(
         options.model,
         max_length=options.max_length,
@@ -83,9 +67,9 @@ def export_text(options: TextExportOptions) -> TextExport:
             ragged=True,
             pad_values={INPUT_IDS.name: text_model.tokenizer.pad_token_id},
             padding_side=text_model.tokenizer.padding_side,
-            intra_op_threads=options.intra_op_threads,
+            intra_op_threads=options.serving.intra_op_threads,
         )
-        runtimes.write_encoder(staging / names.encoder, encoder, options.runtime)
+        runtimes.write_encoder(staging / names.encoder, encoder, options.serving.runtime)
         write_tokenizer(
             staging / names.tokenizer,
             names.tokenizer,

@@ -18,6 +18,7 @@ from sentence_transformers import SentenceTransformer
 from export.clip_pipeline import ClipExportOptions, export_clip
 from export.default_model import default_model_path
 from export.names import DEFAULT_TEXT_PIPELINE
+from export.runtimes import ServingOptions
 from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
 from tests.clip_models import ClipReference, tiny_custom, vit_b_32
@@ -56,7 +57,8 @@ def repository(
     export_text(TextExportOptions(model=str(default_model_path()), name=DEFAULT_TEXT_PIPELINE, repository=repo))
     for model in tiny_models.values():
         delay = SLOW_BATCHING_DELAY_US if model.name == "tiny-bert" else None
-        options = TextExportOptions(model=str(model.path), name=model.name, repository=repo, max_queue_delay_us=delay)
+        serving = ServingOptions(max_queue_delay_us=delay)
+        options = TextExportOptions(model=str(model.path), name=model.name, repository=repo, serving=serving)
         export_text(options)
     # The decoder again, with its query prompt and a shorter max length than the model's.
     decoder = str(tiny_models["tiny-decoder"].path)

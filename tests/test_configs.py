@@ -116,11 +116,11 @@ def test_cli_flags_reach_the_configs_for_the_gpu_runtime(tmp_path: Path, tiny_mo
 
 
 def test_gpu_runtime_defaults(tmp_path: Path, tiny_models) -> None:
+    from export.runtimes import ServingOptions
     from export.text_pipeline import TextExportOptions, export_text
 
-    options = TextExportOptions(
-        model=str(tiny_models["tiny-xlm-roberta"].path), name="gpu", repository=tmp_path, runtime="onnxruntime"
-    )
+    gpu = ServingOptions(runtime="onnxruntime")
+    options = TextExportOptions(str(tiny_models["tiny-xlm-roberta"].path), "gpu", tmp_path, serving=gpu)
     export_text(options)
     encoder = read_config(tmp_path / "gpu_encoder")
     assert encoder.max_batch_size == 128
