@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from export.errors import UserError
-from export.python_steps import DEFAULT_TEMPLATE
+from export.names import DEFAULT_TEMPLATE
 from export.repository import DEFAULT_REPOSITORY
 from export.runtimes import DEFAULTS, RUNTIMES, ServingOptions
 from export.server import CONTROL_MODES, ServerOptions, TritonServer

@@ -17,14 +17,18 @@ from export.clip_model import ClipModel, load_clip_model
 from export.clip_onnx import check_clip_onnx, export_clip_onnx, label_embeddings
 from export.errors import InvalidArgumentError
 from export.model_config import Batching, EnsembleStep
-from export.names import CLIP_INPUT_IDS, EMBEDDING, IMAGE, LABEL, PIXEL_VALUES, SCORES, TEXT, ClipPipelineNames
-from export.python_steps import (
+from export.names import (
+    CLIP_INPUT_IDS,
     DEFAULT_TEMPLATE,
-    classifier_parameters,
-    write_classifier,
-    write_image_preprocess,
-    write_tokenizer,
+    EMBEDDING,
+    IMAGE,
+    LABEL,
+    PIXEL_VALUES,
+    SCORES,
+    TEXT,
+    ClipPipelineNames,
 )
+from export.python_steps import classifier_parameters, write_classifier, write_image_preprocess, write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.text_onnx import DEFAULT_OPSET

@@ -12,6 +12,8 @@ import numpy as np
 
 # The pipeline Triton serves by default (`make serve`): sentence-transformers/all-MiniLM-L6-v2.
 DEFAULT_TEXT_PIPELINE = "all-MiniLM-L6-v2"
+# The prompt each zero-shot label is put in, unless export is given others.
+DEFAULT_TEMPLATE = "a photo of {}."
 
 # Triton's ModelConfig data types, keyed by the KServe v2 datatype clients send.
 _TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32"}

@@ -24,7 +24,6 @@ from export.repository import add_python_model, version_dir
 
 TOKENIZER_FILE = "tokenizer.json"
 LABEL_EMBEDDINGS_FILE = "label_embeddings.npy"
-DEFAULT_TEMPLATE = "a photo of {}."  # the zero-shot prompt each label is put in
 
 
 @dataclass(frozen=True)

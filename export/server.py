@@ -83,7 +83,7 @@ class TritonInstall:
     def find(cls) -> TritonInstall:
         spec = importlib.util.find_spec("pytriton")
         if spec is None or not spec.submodule_search_locations:
-            raise ServerError("the Triton server comes from the nvidia-pytriton wheel: pip install -e .")
+            raise ServerError("the Triton server comes from the nvidia-pytriton wheel: pip install -e '.[serve]'")
         package = Path(next(iter(spec.submodule_search_locations)))
         server = package / "tritonserver"
         version = f"{sys.version_info.major}.{sys.version_info.minor}"
