@@ -15,14 +15,35 @@ PYTEST_ARGS ?=
 PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: serve test lint system-deps
+PERF_ANALYZER := .tools/perf_analyzer/perf_analyzer
+CONCURRENCY ?= 1 2 4 8 16 32
+
+.PHONY: serve test lint perf perf-tools system-deps
 
 serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
-test: $(VENV)/.installed-test
+test: $(VENV)/.installed-test $(PERF_ANALYZER)
 	$(PY) -m ruff check export tests benchmarks
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# Against a running server (make serve): make perf MODEL=all-MiniLM-L6-v2
+perf: $(VENV)/.installed-export $(PERF_ANALYZER)
+	$(PY) -m export perf $(or $(MODEL),$(NAME)) --repository $(REPOSITORY) --concurrency $(CONCURRENCY)
+
+perf-tools: $(PERF_ANALYZER)
+
+# perf_analyzer from the tritonclient 2.50.0 wheel (newer perf-analyzer wheels need glibc 2.38),
+# in a folder of its own so that wheel's old gevent pins do not reach the project's venv. It
+# links libb64 (Debian) and libcudart (PyPI; only linked, no GPU is used).
+$(PERF_ANALYZER): | $(VENV)/bin/python
+	@dpkg -s libb64-0d >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y libb64-0d; }
+	rm -rf $(@D) && mkdir -p $(@D)/wheel
+	$(PY) -m pip download --quiet --no-deps tritonclient==2.50.0 --dest $(@D)/wheel
+	$(PY) -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+		$(@D)/wheel/tritonclient-2.50.0-*.whl tritonclient-2.50.0.data/data/bin/perf_analyzer $(@D)/wheel
+	mv $(@D)/wheel/tritonclient-2.50.0.data/data/bin/perf_analyzer $@ && chmod +x $@ && rm -rf $(@D)/wheel
+	$(PY) -m pip install --quiet --target $(@D)/cuda nvidia-cuda-runtime-cu12
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check export tests benchmarks

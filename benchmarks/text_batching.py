@@ -31,7 +31,7 @@ from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
 from tests.helpers import free_port
 
-WORDS = "the a cat dog server model embedding request fast batch token text vector query answer".split()  # noqa: SIM905
+WORDS = "the a cat dog server model embedding request fast batch token text vector query answer".split()
 
 
 def short_texts(count: int, seed: int = 0) -> list[str]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
+import tempfile
 from pathlib import Path
 
 from export.errors import UserError
@@ -132,6 +133,54 @@ def _run_clip(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_perf_command(commands: argparse._SubParsersAction) -> None:
+    perf = commands.add_parser(
+        "perf",
+        help="measure a served pipeline with perf_analyzer at several concurrencies",
+        description="Runs perf_analyzer once per concurrency with the payload file the exporter wrote beside "
+        "the pipeline, prints its report for each, then a summary table. Needs a running server.",
+    )
+    perf.add_argument("model", help="pipeline (ensemble) name")
+    perf.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY, help="where the pipeline was exported")
+    perf.add_argument("--input-data", type=Path, help="perf_analyzer input JSON (default: the pipeline's own)")
+    perf.add_argument("--url", default="localhost:8001", help="server address for --protocol (default: gRPC port)")
+    perf.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    perf.add_argument("--concurrency", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    perf.add_argument("--measurement-interval", type=int, default=5000, help="milliseconds per window")
+    perf.add_argument(
+        "--stability-percentage", type=int, default=50, help="how far windows may differ and still count as stable"
+    )
+    perf.set_defaults(run=_run_perf)
+
+
+def _run_perf(args: argparse.Namespace) -> int:
+    from export import perf_analyzer
+
+    input_file = args.input_data or args.repository / args.model / perf_analyzer.INPUT_FILE
+    if not input_file.is_file():
+        raise UserError(f"no {input_file}: export the pipeline again, or pass --input-data")
+    rows = []
+    with tempfile.TemporaryDirectory() as reports:
+        for level in args.concurrency:
+            measurement, report = perf_analyzer.measure(
+                args.model,
+                args.url,
+                input_file,
+                level,
+                Path(reports),
+                protocol=args.protocol,
+                measurement_ms=args.measurement_interval,
+                stability_percentage=args.stability_percentage,
+            )
+            print(report, flush=True)
+            rows.append(measurement)
+    print(f"{args.model} over {args.protocol}, one item per request\n")
+    print("| concurrency | items/s | p50 ms | p99 ms | perf_analyzer CPU |\n|---|---|---|---|---|")
+    for m in rows:
+        print(f"| {m.concurrency} | {m.per_second:.1f} | {m.p50_ms:.2f} | {m.p99_ms:.2f} | {m.client_cpu:.0%} |")
+    return 0
+
+
 def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run Triton (from the nvidia-pytriton wheel) on a repository")
     serve.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
@@ -210,6 +259,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_text_command(commands)
     _add_clip_command(commands)
     _add_serve_command(commands)
+    _add_perf_command(commands)
     return parser
 
 

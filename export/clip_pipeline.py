@@ -28,6 +28,7 @@ from export.names import (
     TEXT,
     ClipPipelineNames,
 )
+from export.perf_analyzer import write_pipeline_input
 from export.python_steps import classifier_parameters, write_classifier, write_image_preprocess, write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
@@ -121,6 +122,7 @@ def _write_ensembles(staging: Path, names: ClipPipelineNames, clip: ClipModel, m
         config = model_config.ensemble(ensemble, [source], [embedding], max_batch_size, steps)
         version_dir(staging / ensemble)
         model_config.write_config(config, staging / ensemble)
+        write_pipeline_input(staging / ensemble, source)
 
 
 def _write_classify(
@@ -144,3 +146,4 @@ def _write_classify(
         config.parameters[key].string_value = value
     version_dir(staging / names.classify)
     model_config.write_config(config, staging / names.classify)
+    write_pipeline_input(staging / names.classify, IMAGE)

@@ -14,6 +14,7 @@ from pathlib import Path
 from export import model_config, runtimes
 from export.model_config import EnsembleStep
 from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
+from export.perf_analyzer import write_pipeline_input
 from export.python_steps import write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
@@ -92,3 +93,4 @@ def write_text_ensemble(model_dir: Path, names: TextPipelineNames, text_model: T
     config = model_config.ensemble(names.ensemble, [TEXT], [output], max_batch_size, steps)
     version_dir(model_dir)  # Triton wants a version folder, even an empty one, for ensembles
     model_config.write_config(config, model_dir)
+    write_pipeline_input(model_dir, TEXT)

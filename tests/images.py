@@ -1,7 +1,6 @@
-"""Generated test images: photo-like content, every format and mode, EXIF orientations.
+"""Generated test images: every format and mode, EXIF orientations, odd shapes.
 
-Photo-like means smooth gradients, soft shapes and sensor-like noise, so JPEG compression,
-resampling and DCT-scaled decoding behave as they do on photographs. No downloads.
+The photo-like content itself comes from export.payloads (shared with load tests). No downloads.
 """
 
 from __future__ import annotations
@@ -11,34 +10,15 @@ import io
 import numpy as np
 from PIL import Image
 
+from export.payloads import jpeg, photo_like
+
 EXIF_ORIENTATION = 0x0112
-
-
-def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    y /= max(height - 1, 1)
-    x /= max(width - 1, 1)
-    channels = []
-    for c in range(3):
-        a, b, phase = rng.uniform(0.5, 3.0, size=3)
-        base = 0.5 + 0.25 * np.sin(a * np.pi * x + phase) * np.cos(b * np.pi * y + c)
-        for _ in range(4):  # soft blobs
-            cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.05, 0.3)
-            base += rng.uniform(-0.3, 0.3) * np.exp(-((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r))
-        channels.append(base)
-    pixels = np.stack(channels, axis=-1) + rng.normal(0, 0.02, size=(height, width, 3))
-    return Image.fromarray((np.clip(pixels, 0, 1) * 255).astype(np.uint8), "RGB")
 
 
 def encode(image: Image.Image, format: str, **options) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=format, **options)
     return buffer.getvalue()
-
-
-def jpeg(width: int, height: int, seed: int = 0, quality: int = 90) -> bytes:
-    return encode(photo_like(width, height, seed), "JPEG", quality=quality)
 
 
 def with_orientation(width: int, height: int, orientation: int, seed: int = 0) -> bytes:
