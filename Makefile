@@ -24,7 +24,7 @@ serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
 test: $(VENV)/.installed-test $(PERF_ANALYZER)
-	$(PY) -m ruff check export tests benchmarks
+	$(PY) -m ruff check export tests benchmarks locustfiles
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Against a running server (make serve): make perf MODEL=all-MiniLM-L6-v2
@@ -46,7 +46,7 @@ $(PERF_ANALYZER): | $(VENV)/bin/python
 	$(PY) -m pip install --quiet --target $(@D)/cuda nvidia-cuda-runtime-cu12
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check export tests benchmarks
+	$(PY) -m ruff check export tests benchmarks locustfiles
 
 $(REPOSITORY)/$(NAME)/config.pbtxt: | $(VENV)/.installed-export
 	$(PY) -m export text "$(if $(MODEL),$(MODEL),$$($(PY) -m export.default_model))" \
