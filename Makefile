@@ -18,7 +18,7 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 PERF_ANALYZER := .tools/perf_analyzer/perf_analyzer
 CONCURRENCY ?= 1 2 4 8 16 32
 
-.PHONY: serve test lint perf perf-tools system-deps
+.PHONY: serve test lint perf perf-tools bench bench-tools system-deps
 
 serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
@@ -44,6 +44,19 @@ $(PERF_ANALYZER): | $(VENV)/bin/python
 		$(@D)/wheel/tritonclient-2.50.0-*.whl tritonclient-2.50.0.data/data/bin/perf_analyzer $(@D)/wheel
 	mv $(@D)/wheel/tritonclient-2.50.0.data/data/bin/perf_analyzer $@ && chmod +x $@ && rm -rf $(@D)/wheel
 	$(PY) -m pip install --quiet --target $(@D)/cuda nvidia-cuda-runtime-cu12
+
+# The side-by-side benchmark (docs/benchmarks.md): about 10 minutes, figures in reports/bench.
+bench: $(VENV)/.installed-bench $(PERF_ANALYZER) bench-tools
+	$(PY) -m benchmarks.side_by_side --out reports/bench
+
+# wrk (Debian) for the HTTP systems, and infinity-emb in a venv of its own: its pins clash with
+# ours (sentence-transformers 3), and it brings its own torch.
+bench-tools: .bench/infinity/bin/infinity_emb
+	@command -v wrk >/dev/null || { $(SUDO) apt-get update && $(SUDO) apt-get install -y wrk; }
+
+.bench/infinity/bin/infinity_emb:
+	$(PYTHON) -m venv .bench/infinity
+	.bench/infinity/bin/pip install --quiet "infinity-emb[server,torch]==0.0.78" "torch==2.14.1"
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check export tests benchmarks locustfiles

@@ -1,0 +1,66 @@
+"""The baseline this project replaces: a minimal FastAPI gateway in front of Triton.
+
+As the common gateway designs do, it tokenizes in the gateway (Python, tokenizers) and calls
+the encoder model on Triton over gRPC, then returns the embedding as JSON. Written for the
+side-by-side benchmark only; run by it with uvicorn:
+
+    GATEWAY_TRITON=localhost:8001 GATEWAY_ENCODER=all-MiniLM-L6-v2_encoder \\
+    GATEWAY_TOKENIZER=model_repository/all-MiniLM-L6-v2_tokenizer \\
+    uvicorn benchmarks.fastapi_gateway:app --port 9000
+
+POST /embed {"text": "..."} -> {"embedding": [...]}
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import tritonclient.grpc.aio as grpcclient
+from fastapi import FastAPI
+from pydantic import BaseModel
+from tokenizers import Tokenizer
+
+from export.model_config import read_config
+
+_FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
+
+
+class EmbedRequest(BaseModel):
+    text: str
+
+
+def _tokenizer(model_dir: Path) -> tuple[Tokenizer, list[str]]:
+    """The same tokenizer.json and truncation the served tokenizer step uses."""
+    tokenizer_config = read_config(model_dir)
+    params = {key: value.string_value for key, value in tokenizer_config.parameters.items()}
+    tokenizer = Tokenizer.from_file(str(model_dir / "1" / params["tokenizer_file"]))
+    tokenizer.enable_truncation(int(params["max_length"]))
+    return tokenizer, [output.name for output in tokenizer_config.output]
+
+
+TOKENIZER, INPUTS = _tokenizer(Path(os.environ["GATEWAY_TOKENIZER"]))
+ENCODER = os.environ["GATEWAY_ENCODER"]
+app = FastAPI()
+_client: grpcclient.InferenceServerClient | None = None
+
+
+def client() -> grpcclient.InferenceServerClient:
+    global _client
+    if _client is None:  # created inside the server's event loop
+        _client = grpcclient.InferenceServerClient(os.environ["GATEWAY_TRITON"])
+    return _client
+
+
+@app.post("/embed")
+async def embed(request: EmbedRequest) -> dict:
+    encoding = TOKENIZER.encode(request.text)
+    tensors = []
+    for name in INPUTS:
+        values = np.array([getattr(encoding, _FIELDS[name])], dtype=np.int64)
+        tensor = grpcclient.InferInput(name, list(values.shape), "INT64")
+        tensor.set_data_from_numpy(values)
+        tensors.append(tensor)
+    result = await client().infer(ENCODER, tensors)
+    return {"embedding": result.as_numpy("EMBEDDING")[0].tolist()}

@@ -1,0 +1,188 @@
+"""Side by side, in one run on one machine: this project's pipelines and the alternatives.
+
+Text: all-MiniLM-L6-v2 (its offline copy), fp32, 6-18 word texts, one text per request, at
+each concurrency:
+  1. onnxruntime in-process on the exported encoder, tokenization included, batch 1 and 32;
+  2. sentence-transformers in-process (`encode`), batch 1 and 32;
+  3. this project's ensemble over gRPC and HTTP (perf_analyzer), and HTTP JSON (wrk);
+  4. a minimal FastAPI gateway in front of the same Triton (benchmarks/fastapi_gateway.py),
+     tokenizing in the gateway (wrk);
+  5. infinity-emb serving the same local folder on the CPU (wrk; `make bench-tools` installs
+     it in .bench/infinity, apart: its pins clash with ours). Skipped, and said, if absent.
+Image: CLIP ViT-B-32 (random weights, the real architecture's cost) on 640x480 JPEGs: the
+image pipeline over gRPC (perf_analyzer) against Pillow + onnxruntime in-process, batch 1
+and 32, preprocessing included.
+
+Load generators are compiled (perf_analyzer, wrk) and their CPU share is reported. Writes
+text and image tables (markdown) and charts (PNG) to --out.
+
+    .venv/bin/python -m benchmarks.side_by_side [--seconds 10] [--concurrency 1 8 32] [--out reports/bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from benchmarks.common import CPUS, Row, chart, markdown, onnx_text_encoder, run_wrk, service, time_calls
+from export import payloads
+from export.default_model import default_model_path
+from export.names import DEFAULT_TEXT_PIPELINE, TEXT, ClipPipelineNames, TextPipelineNames
+from export.perf_analyzer import measure, write_input_data
+from export.python_models.image_preprocess.image_processing import PreprocessSettings, preprocess
+from export.server import ServerOptions, TritonServer
+from tests.helpers import free_port
+
+INFINITY = Path(__file__).resolve().parent.parent / ".bench" / "infinity" / "bin" / "infinity_emb"
+CLIP = ClipPipelineNames("clip-vit-b-32")
+
+
+def export_models(repository: Path) -> None:
+    from export.clip_pipeline import ClipExportOptions, export_clip
+    from export.text_pipeline import TextExportOptions, export_text
+
+    export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
+    export_clip(ClipExportOptions("ViT-B-32", CLIP.name, "none", repository))
+
+
+def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[Row]:
+    from sentence_transformers import SentenceTransformer
+
+    names = TextPipelineNames(DEFAULT_TEXT_PIPELINE)
+    encode = onnx_text_encoder(repository / names.tokenizer, repository / names.encoder)
+    model = SentenceTransformer(str(default_model_path()), device="cpu")
+    rows = []
+    for batch in (1, 32):
+        pick = batches(texts, batch)
+        rate, p50, p99 = time_calls(lambda i, pick=pick: encode(pick(i)), batch, seconds)
+        rows.append(Row(f"onnxruntime in-process, batch {batch}", None, rate, p50, p99))
+        rate, p50, p99 = time_calls(lambda i, pick=pick, b=batch: model.encode(pick(i), batch_size=b), batch, seconds)
+        rows.append(Row(f"sentence-transformers in-process, batch {batch}", None, rate, p50, p99))
+    return rows
+
+
+def perf_row(system: str, model: str, url: str, input_file: Path, level: int, seconds: float, protocol: str) -> Row:
+    """perf_analyzer averages its last three stable windows: windows of half the time keep it
+    measuring about as long as the others (1.5x)."""
+    window = int(seconds * 500)
+    m, _ = measure(model, url, input_file, level, input_file.parent, protocol=protocol, measurement_ms=window)
+    return Row(system, level, m.per_second, m.p50_ms, m.p99_ms, m.client_cpu)
+
+
+def served_text(server: TritonServer, texts: list[str], levels: list[int], seconds: float, work: Path) -> list[Row]:
+    """Triton over gRPC and HTTP (perf_analyzer), and Triton's HTTP JSON endpoint (wrk)."""
+    input_file = write_input_data(work, TEXT.name, texts)
+    bodies = [{"inputs": [{"name": TEXT.name, "datatype": "BYTES", "shape": [1, 1], "data": [t]}]} for t in texts]
+    infer_url = f"http://{server.options.http_url}/v2/models/{DEFAULT_TEXT_PIPELINE}/infer"
+    rows = []
+    for level in levels:
+        for protocol, url in (("grpc", server.options.grpc_url), ("http", server.options.http_url)):
+            system = f"Triton {protocol} (perf_analyzer)"
+            rows.append(perf_row(system, DEFAULT_TEXT_PIPELINE, url, input_file, level, seconds, protocol))
+        rows.append(run_wrk("Triton HTTP JSON (wrk)", infer_url, bodies, level, seconds))
+    return rows
+
+
+def gateway(server: TritonServer, repository: Path, texts: list[str], levels: list[int], seconds: float, work: Path):
+    names = TextPipelineNames(DEFAULT_TEXT_PIPELINE)
+    port = free_port()
+    env = os.environ | {
+        "GATEWAY_TRITON": server.options.grpc_url,
+        "GATEWAY_ENCODER": names.encoder,
+        "GATEWAY_TOKENIZER": str(repository / names.tokenizer),
+    }
+    command = [sys.executable, "-m", "uvicorn", "benchmarks.fastapi_gateway:app", "--port", str(port)]
+    with service(command, f"http://127.0.0.1:{port}/docs", work / "gateway.log", env):
+        url = f"http://127.0.0.1:{port}/embed"
+        run_wrk("warm-up", url, [{"text": texts[0]}], 2, 2)
+        return [run_wrk("FastAPI gateway (wrk)", url, [{"text": t} for t in texts], level, seconds) for level in levels]
+
+
+def infinity(texts: list[str], levels: list[int], seconds: float, work: Path) -> list[Row]:
+    port = free_port()
+    command = [
+        str(INFINITY), "v2", "--model-id", str(default_model_path()), "--served-model-name", "minilm",
+        "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
+    ]  # fmt: skip
+    env = os.environ | {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
+    with service(command, f"http://127.0.0.1:{port}/health", work / "infinity.log", env):
+        url = f"http://127.0.0.1:{port}/embeddings"
+        bodies = [{"model": "minilm", "input": [text]} for text in texts]
+        run_wrk("warm-up", url, bodies[:1], 2, 2)
+        return [run_wrk("infinity-emb (wrk)", url, bodies, level, seconds) for level in levels]
+
+
+def images(server: TritonServer, repository: Path, levels: list[int], seconds: float, work: Path) -> list[Row]:
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.model_config import read_config
+
+    jpegs = payloads.images(16, sizes=((640, 480),))
+    settings = PreprocessSettings.from_json(
+        read_config(repository / CLIP.image_preprocess).parameters["preprocess"].string_value
+    )
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = CPUS
+    session = ort.InferenceSession(str(repository / CLIP.image_encoder / "1" / "model.onnx"), options)
+    rows = []
+    for batch in (1, 32):
+        pick = batches(jpegs, batch)
+
+        def run(i: int, pick=pick) -> None:
+            session.run(None, {"pixel_values": np.stack([preprocess(jpeg, settings) for jpeg in pick(i)])})
+
+        rate, p50, p99 = time_calls(run, batch, seconds)
+        rows.append(Row(f"Pillow + onnxruntime in-process, batch {batch}", None, rate, p50, p99))
+    input_file = write_input_data(work, "IMAGE", jpegs)
+    url = server.options.grpc_url
+    rows += [perf_row("Triton grpc (perf_analyzer)", CLIP.image, url, input_file, c, seconds, "grpc") for c in levels]
+    return rows
+
+
+def batches(items: list, batch: int):
+    """i -> the i-th batch of `batch` items, cycling through `items`."""
+    return lambda i: [items[(i * batch + k) % len(items)] for k in range(batch)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=float, default=10, help="measurement per system and concurrency")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--out", type=Path, default=Path("reports/bench"))
+    parser.add_argument("--skip", nargs="*", default=[], choices=["infinity", "gateway", "images", "in-process"])
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    texts = payloads.short_texts(2000, seed=7)
+    with tempfile.TemporaryDirectory() as folder:
+        work, repository = Path(folder), Path(folder) / "model_repository"
+        export_models(repository)
+        text_rows = [] if "in-process" in args.skip else in_process_text(repository, texts, args.seconds)
+        image_rows: list[Row] = []
+        options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+        with (work / "triton.log").open("wb") as log, TritonServer(options, log=log) as server:
+            text_rows += served_text(server, texts, args.concurrency, args.seconds, work)
+            if "gateway" not in args.skip:
+                text_rows += gateway(server, repository, texts, args.concurrency, args.seconds, work)
+            if "images" not in args.skip:
+                image_rows = images(server, repository, args.concurrency, args.seconds, work)
+        if "infinity" in args.skip:
+            pass
+        elif INFINITY.exists():
+            text_rows += infinity(texts, args.concurrency, args.seconds, work)
+        else:
+            print(f"infinity-emb skipped: {INFINITY} is missing (make bench-tools)", file=sys.stderr)
+    results = (("Text, all-MiniLM-L6-v2", text_rows, "text"), ("Image, CLIP ViT-B-32 640x480", image_rows, "image"))
+    for title, rows, name in results:
+        if rows:
+            table = markdown(rows)
+            (args.out / f"{name}.md").write_text(table + "\n")
+            chart(rows, title, args.out / f"{name}.png")
+            print(f"\n{title}\n\n{table}")
+
+
+if __name__ == "__main__":
+    main()
