@@ -96,7 +96,8 @@ def run_wrk(system: str, url: str, bodies: Sequence[dict], concurrency: int, sec
         script, body_file = Path(folder) / "post.lua", Path(folder) / "bodies.jsonl"
         script.write_text(_WRK_SCRIPT)
         body_file.write_text("\n".join(json.dumps(body, ensure_ascii=False) for body in bodies) + "\n")
-        command = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--timeout", "60s", "-s", str(script), url]
+        duration = f"-d{max(1, round(seconds))}s"
+        command = ["wrk", "-t1", f"-c{concurrency}", duration, "--timeout", "60s", "-s", str(script), url]
         before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
         done = subprocess.run(command, env=os.environ | {"WRK_BODIES": str(body_file)}, capture_output=True, text=True)
         wall, after = time.perf_counter() - began, resource.getrusage(resource.RUSAGE_CHILDREN)
