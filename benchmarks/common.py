@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from export.model_config import read_config
-from export.python_models.tokenizer.tokenization import load_tokenizer, token_arrays
+from export.python_models.tokenizer.tokenization import token_arrays
+from export.python_steps import TokenizerSettings
 
 CPUS = os.cpu_count() or 1
 
@@ -56,16 +57,8 @@ def onnx_text_encoder(tokenizer_dir: Path, encoder_dir: Path) -> Callable[[list[
     its default thread pool (all cores, spinning on): the best case of the same computation."""
     import onnxruntime as ort
 
-    config = read_config(tokenizer_dir)
-    params = {key: value.string_value for key, value in config.parameters.items()}
-    tokenizer = load_tokenizer(
-        (tokenizer_dir / "1" / params["tokenizer_file"]).read_text(encoding="utf-8"),
-        max_length=int(params["max_length"]),
-        padding_side=params["padding_side"],
-        pad_token_id=int(params["pad_token_id"]),
-        pad_token=params["pad_token"],
-    )
-    dtypes = {output.name: np.int64 for output in config.output}
+    tokenizer = TokenizerSettings.from_model(tokenizer_dir).load()
+    dtypes = {output.name: np.int64 for output in read_config(tokenizer_dir).output}
     options = ort.SessionOptions()
     options.intra_op_num_threads = CPUS
     session = ort.InferenceSession(str(encoder_dir / "1" / "model.onnx"), options, providers=["CPUExecutionProvider"])

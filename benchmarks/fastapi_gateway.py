@@ -20,9 +20,9 @@ import numpy as np
 import tritonclient.grpc.aio as grpcclient
 from fastapi import FastAPI
 from pydantic import BaseModel
-from tokenizers import Tokenizer
 
 from export.model_config import read_config
+from export.python_steps import TokenizerSettings
 
 _FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 
@@ -31,16 +31,9 @@ class EmbedRequest(BaseModel):
     text: str
 
 
-def _tokenizer(model_dir: Path) -> tuple[Tokenizer, list[str]]:
-    """The same tokenizer.json and truncation the served tokenizer step uses."""
-    tokenizer_config = read_config(model_dir)
-    params = {key: value.string_value for key, value in tokenizer_config.parameters.items()}
-    tokenizer = Tokenizer.from_file(str(model_dir / "1" / params["tokenizer_file"]))
-    tokenizer.enable_truncation(int(params["max_length"]))
-    return tokenizer, [output.name for output in tokenizer_config.output]
-
-
-TOKENIZER, INPUTS = _tokenizer(Path(os.environ["GATEWAY_TOKENIZER"]))
+_TOKENIZER_DIR = Path(os.environ["GATEWAY_TOKENIZER"])
+TOKENIZER = TokenizerSettings.from_model(_TOKENIZER_DIR).load()  # the served tokenizer's file and settings
+INPUTS = [output.name for output in read_config(_TOKENIZER_DIR).output]
 ENCODER = os.environ["GATEWAY_ENCODER"]
 app = FastAPI()
 _client: grpcclient.InferenceServerClient | None = None

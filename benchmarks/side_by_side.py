@@ -25,6 +25,8 @@ import argparse
 import os
 import sys
 import tempfile
+from collections.abc import Callable
+from contextlib import ExitStack
 from pathlib import Path
 
 from benchmarks.common import CPUS, Row, chart, markdown, onnx_text_encoder, run_wrk, service, time_calls
@@ -36,6 +38,7 @@ from export.python_models.image_preprocess.image_processing import PreprocessSet
 from export.server import ServerOptions, TritonServer
 from tests.helpers import free_port
 
+Load = Callable[[int], list[Row]]  # one system, measured at one concurrency
 INFINITY = Path(__file__).resolve().parent.parent / ".bench" / "infinity" / "bin" / "infinity_emb"
 CLIP = ClipPipelineNames("clip-vit-b-32")
 
@@ -72,21 +75,24 @@ def perf_row(system: str, model: str, url: str, input_file: Path, level: int, se
     return Row(system, level, m.per_second, m.p50_ms, m.p99_ms, m.client_cpu)
 
 
-def served_text(server: TritonServer, texts: list[str], levels: list[int], seconds: float, work: Path) -> list[Row]:
+def served_text(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:
     """Triton over gRPC and HTTP (perf_analyzer), and Triton's HTTP JSON endpoint (wrk)."""
     input_file = write_input_data(work, TEXT.name, texts)
     bodies = [{"inputs": [{"name": TEXT.name, "datatype": "BYTES", "shape": [1, 1], "data": [t]}]} for t in texts]
     infer_url = f"http://{server.options.http_url}/v2/models/{DEFAULT_TEXT_PIPELINE}/infer"
-    rows = []
-    for level in levels:
+
+    def load(level: int) -> list[Row]:
+        rows = []
         for protocol, url in (("grpc", server.options.grpc_url), ("http", server.options.http_url)):
             system = f"Triton {protocol} (perf_analyzer)"
             rows.append(perf_row(system, DEFAULT_TEXT_PIPELINE, url, input_file, level, seconds, protocol))
-        rows.append(run_wrk("Triton HTTP JSON (wrk)", infer_url, bodies, level, seconds))
-    return rows
+        return [*rows, run_wrk("Triton HTTP JSON (wrk)", infer_url, bodies, level, seconds)]
+
+    return load
 
 
-def gateway(server: TritonServer, repository: Path, texts: list[str], levels: list[int], seconds: float, work: Path):
+def gateway(stack: ExitStack, server: TritonServer, repository: Path, texts: list[str], seconds: float, work: Path):
+    """The FastAPI gateway (benchmarks/fastapi_gateway.py) in front of the same Triton."""
     names = TextPipelineNames(DEFAULT_TEXT_PIPELINE)
     port = free_port()
     env = os.environ | {
@@ -95,24 +101,24 @@ def gateway(server: TritonServer, repository: Path, texts: list[str], levels: li
         "GATEWAY_TOKENIZER": str(repository / names.tokenizer),
     }
     command = [sys.executable, "-m", "uvicorn", "benchmarks.fastapi_gateway:app", "--port", str(port)]
-    with service(command, f"http://127.0.0.1:{port}/docs", work / "gateway.log", env):
-        url = f"http://127.0.0.1:{port}/embed"
-        run_wrk("warm-up", url, [{"text": texts[0]}], 2, 2)
-        return [run_wrk("FastAPI gateway (wrk)", url, [{"text": t} for t in texts], level, seconds) for level in levels]
+    stack.enter_context(service(command, f"http://127.0.0.1:{port}/docs", work / "gateway.log", env))
+    url, bodies = f"http://127.0.0.1:{port}/embed", [{"text": t} for t in texts]
+    run_wrk("warm-up", url, bodies, 2, 2)
+    return lambda level: [run_wrk("FastAPI gateway (wrk)", url, bodies, level, seconds)]
 
 
-def infinity(texts: list[str], levels: list[int], seconds: float, work: Path) -> list[Row]:
+def infinity(stack: ExitStack, texts: list[str], seconds: float, work: Path) -> Load:
+    """infinity-emb on the same local folder, torch on the CPU, its defaults otherwise."""
     port = free_port()
     command = [
         str(INFINITY), "v2", "--model-id", str(default_model_path()), "--served-model-name", "minilm",
         "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     env = os.environ | {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
-    with service(command, f"http://127.0.0.1:{port}/health", work / "infinity.log", env):
-        url = f"http://127.0.0.1:{port}/embeddings"
-        bodies = [{"model": "minilm", "input": [text]} for text in texts]
-        run_wrk("warm-up", url, bodies[:1], 2, 2)
-        return [run_wrk("infinity-emb (wrk)", url, bodies, level, seconds) for level in levels]
+    stack.enter_context(service(command, f"http://127.0.0.1:{port}/health", work / "infinity.log", env))
+    url, bodies = f"http://127.0.0.1:{port}/embeddings", [{"model": "minilm", "input": [t]} for t in texts]
+    run_wrk("warm-up", url, bodies, 2, 2)
+    return lambda level: [run_wrk("infinity-emb (wrk)", url, bodies, level, seconds)]
 
 
 def images(server: TritonServer, repository: Path, levels: list[int], seconds: float, work: Path) -> list[Row]:
@@ -157,24 +163,26 @@ def main() -> None:
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     texts = payloads.short_texts(2000, seed=7)
-    with tempfile.TemporaryDirectory() as folder:
+    with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         work, repository = Path(folder), Path(folder) / "model_repository"
         export_models(repository)
         text_rows = [] if "in-process" in args.skip else in_process_text(repository, texts, args.seconds)
-        image_rows: list[Row] = []
         options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        with (work / "triton.log").open("wb") as log, TritonServer(options, log=log) as server:
-            text_rows += served_text(server, texts, args.concurrency, args.seconds, work)
-            if "gateway" not in args.skip:
-                text_rows += gateway(server, repository, texts, args.concurrency, args.seconds, work)
-            if "images" not in args.skip:
-                image_rows = images(server, repository, args.concurrency, args.seconds, work)
-        if "infinity" in args.skip:
-            pass
-        elif INFINITY.exists():
-            text_rows += infinity(texts, args.concurrency, args.seconds, work)
-        else:
-            print(f"infinity-emb skipped: {INFINITY} is missing (make bench-tools)", file=sys.stderr)
+        server = stack.enter_context(TritonServer(options, log=stack.enter_context((work / "triton.log").open("wb"))))
+        # Every server is up before any is measured, and each concurrency level measures them
+        # one after the other: drifts of this shared machine then hit all systems alike.
+        loads = [served_text(server, texts, args.seconds, work)]
+        if "gateway" not in args.skip:
+            loads.append(gateway(stack, server, repository, texts, args.seconds, work))
+        if "infinity" not in args.skip:
+            if INFINITY.exists():
+                loads.append(infinity(stack, texts, args.seconds, work))
+            else:
+                print(f"infinity-emb skipped: {INFINITY} is missing (make bench-tools)", file=sys.stderr)
+        for level in args.concurrency:
+            for load in loads:
+                text_rows += load(level)
+        image_rows = [] if "images" in args.skip else images(server, repository, args.concurrency, args.seconds, work)
     results = (("Text, all-MiniLM-L6-v2", text_rows, "text"), ("Image, CLIP ViT-B-32 640x480", image_rows, "image"))
     for title, rows, name in results:
         if rows:

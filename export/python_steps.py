@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from export import model_config
 from export.model_config import Batching
@@ -39,9 +40,17 @@ class TokenizerSettings:
     clean: str = "none"
     pad_to_length: int = 0
 
-    def tokenize(self, texts: Sequence[str], outputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
-        """Token arrays for `texts`, exactly as the served tokenizer emits them."""
-        tokenizer = load_tokenizer(
+    @classmethod
+    def from_model(cls, model_dir: Path) -> TokenizerSettings:
+        """The settings of an exported tokenizer model, read back from its folder."""
+        params = {key: value.string_value for key, value in model_config.read_config(model_dir).parameters.items()}
+        text = (version_dir(model_dir) / params.pop("tokenizer_file")).read_text(encoding="utf-8")
+        as_type = {field.name: int if field.type == "int" else str for field in fields(cls)}  # parameters are strings
+        return cls(tokenizer_json=text, **{key: as_type[key](value) for key, value in params.items()})
+
+    def load(self) -> Tokenizer:
+        """The Rust tokenizer, set up as the served tokenizer model.py sets it up."""
+        return load_tokenizer(
             self.tokenizer_json,
             max_length=self.max_length,
             padding_side=self.padding_side,
@@ -49,7 +58,10 @@ class TokenizerSettings:
             pad_token=self.pad_token,
             pad_to_length=self.pad_to_length,
         )
-        encodings = tokenizer.encode_batch([CLEANERS[self.clean](self.prefix + text) for text in texts])
+
+    def tokenize(self, texts: Sequence[str], outputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+        """Token arrays for `texts`, exactly as the served tokenizer emits them."""
+        encodings = self.load().encode_batch([CLEANERS[self.clean](self.prefix + text) for text in texts])
         return token_arrays(encodings, {spec.name: spec.numpy_dtype for spec in outputs})
 
     def parameters(self) -> dict[str, str]:

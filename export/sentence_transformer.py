@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
+from tokenizers import Tokenizer
 
 from export.errors import UserError
 from export.names import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, TensorSpec
@@ -81,7 +82,7 @@ def load_text_model(
 
     pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     settings = TokenizerSettings(
-        tokenizer_json=tokenizer.backend_tokenizer.to_str(),
+        tokenizer_json=neutral_tokenizer_json(tokenizer.backend_tokenizer),
         max_length=int(length),
         padding_side=tokenizer.padding_side,
         pad_token_id=pad_token_id,
@@ -89,6 +90,19 @@ def load_text_model(
         prefix=_prompt(model, prompt_name),
     )
     return TextModel(model, tuple(inputs), model.get_embedding_dimension(), settings)
+
+
+def neutral_tokenizer_json(backend: Tokenizer) -> str:
+    """The Rust tokenizer without the padding and truncation it happens to carry.
+
+    A loaded Hugging Face tokenizer keeps whatever its last call or its tokenizer_config set
+    (all-MiniLM-L6-v2's comes with fixed padding to 128): whoever loads the file later should
+    start from nothing. The served model.py sets both itself.
+    """
+    clean = Tokenizer.from_str(backend.to_str())
+    clean.no_padding()
+    clean.no_truncation()
+    return clean.to_str()
 
 
 def _check_modules(model: SentenceTransformer) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sentence_transformers.sentence_transformer.modules.dropout import Dropout
 
 from export.errors import InvalidArgumentError
 from export.model_config import read_config
+from export.python_steps import TokenizerSettings
 from export.repository import check_pipeline_name
 from export.sentence_transformer import UnsupportedModelError, load_text_model
 from export.text_onnx import check_text_onnx, export_text_onnx
@@ -71,3 +73,13 @@ def test_exporting_a_name_again_replaces_the_pipeline(tmp_path: Path, tiny_model
     assert tokenizer.parameters["max_length"].string_value == "20"
     assert sorted(p.name for p in repository.iterdir()) == ["again", "again_encoder", "again_tokenizer"]
     assert [p.name for p in tmp_path.iterdir()] == ["repo"]  # no staging folder left behind
+
+
+def test_the_stored_tokenizer_carries_no_padding_or_truncation(repository: Path) -> None:
+    """all-MiniLM-L6-v2's Hugging Face tokenizer loads with fixed padding to 128: that must not
+    reach tokenizer.json, where a gateway or script loading it would pad every text to 128."""
+    stored = json.loads((repository / "all-MiniLM-L6-v2_tokenizer" / "1" / "tokenizer.json").read_text("utf-8"))
+    assert stored["padding"] is None and stored["truncation"] is None
+    settings = TokenizerSettings.from_model(repository / "all-MiniLM-L6-v2_tokenizer")
+    assert (settings.max_length, settings.padding_side, settings.pad_to_length) == (256, "right", 0)
+    assert len(settings.load().encode("two words").ids) == 4  # [CLS] two words [SEP], unpadded
