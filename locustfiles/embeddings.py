@@ -32,6 +32,7 @@ from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 
 from export import payloads  # noqa: E402
 from export.client import EmbeddingClient  # noqa: E402
+from export.names import IMAGE, TEXT  # noqa: E402
 
 PAYLOAD_COUNT = {"text": 2000, "image": 16}
 
@@ -55,29 +56,29 @@ def _items(kind: str) -> list:
 
 
 class _Pipeline:
-    """Options, and a cycle through the payload, shared by every user class."""
+    """Options, and a cycle through the payload, shared by every user class (listed first in
+    their bases, so that this on_start is the one Locust calls). Closed loop: no wait."""
 
-    def setup(self, options) -> None:
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        options = self.environment.parsed_options
         self.model, self.count = options.model, options.items
         self.is_text = options.payload == "text"
+        self.input = TEXT if self.is_text else IMAGE
         self._cycle = itertools.cycle(_items(options.payload))
 
     def next_items(self) -> list:
         return [next(self._cycle) for _ in range(self.count)]
 
 
-class HttpJsonUser(FastHttpUser, _Pipeline):
-    wait_time = constant(0)
-
-    def on_start(self) -> None:
-        self.setup(self.environment.parsed_options)
-        self.input_name = "TEXT" if self.is_text else "IMAGE"
-
+class HttpJsonUser(_Pipeline, FastHttpUser):
     @task
     def infer(self) -> None:
         items = self.next_items()
         data = items if self.is_text else [base64.b64encode(item).decode() for item in items]
-        body = {"inputs": [{"name": self.input_name, "datatype": "BYTES", "shape": [len(items), 1], "data": data}]}
+        tensor = {"name": self.input.name, "datatype": self.input.datatype, "shape": [len(items), 1], "data": data}
+        body = {"inputs": [tensor]}
         path = f"/v2/models/{self.model}/infer"
         with self.client.post(path, json=body, name=f"json {self.model}", catch_response=True) as response:
             if response.status_code != 200:
@@ -86,17 +87,11 @@ class HttpJsonUser(FastHttpUser, _Pipeline):
                 response.failure("wrong number of output rows")
 
 
-class HttpBinaryUser(FastHttpUser, _Pipeline):
-    wait_time = constant(0)
-
-    def on_start(self) -> None:
-        self.setup(self.environment.parsed_options)
-        self.input_name = "TEXT" if self.is_text else "IMAGE"
-
+class HttpBinaryUser(_Pipeline, FastHttpUser):
     @task
     def infer(self) -> None:
         items = self.next_items()
-        tensor = httpclient.InferInput(self.input_name, [len(items), 1], "BYTES")
+        tensor = httpclient.InferInput(self.input.name, [len(items), 1], self.input.datatype)
         raw = [item.encode() if isinstance(item, str) else item for item in items]
         tensor.set_data_from_numpy(np.array(raw, dtype=np.object_).reshape(-1, 1), binary_data=True)
         body, header_length = httpclient.InferenceServerClient.generate_request_body([tensor])
@@ -116,11 +111,9 @@ class HttpBinaryUser(FastHttpUser, _Pipeline):
                 response.failure("wrong number of output rows")
 
 
-class GrpcUser(User, _Pipeline):
-    wait_time = constant(0)
-
+class GrpcUser(_Pipeline, User):
     def on_start(self) -> None:
-        self.setup(self.environment.parsed_options)
+        super().on_start()
         self.client = EmbeddingClient(self.environment.parsed_options.grpc_host)
         outputs = self.client.pipeline(self.model).outputs
         self.classify = any(kind == "TYPE_STRING" for kind, _ in outputs.values())
