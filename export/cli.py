@@ -7,9 +7,12 @@ Thin on purpose: no protobufs and no torch here (the text exporter is imported o
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import signal
 import sys
 import tempfile
+from dataclasses import asdict
 from pathlib import Path
 
 from export.errors import UserError
@@ -127,8 +130,8 @@ def _run_clip(args: argparse.Namespace) -> int:
     )
     result = export_clip(options)
     print(
-        f"wrote {', '.join(result.names.models(classify=bool(result.labels)))} to {result.repository}: "
-        f"{result.dimension}-d embeddings; vs open_clip: text {result.text}, image {result.image}"
+        f"wrote {', '.join(result.record.models)} to {result.repository}: "
+        f"{result.record.embedding_size}-d embeddings; vs open_clip: text {result.text}, image {result.image}"
     )
     return 0
 
@@ -181,6 +184,55 @@ def _run_perf(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_lifecycle_commands(commands: argparse._SubParsersAction) -> None:
+    listing = commands.add_parser("list", help="the pipelines in a repository")
+    listing.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    listing.add_argument("--json", action="store_true", help="one JSON list, for scripts")
+    listing.set_defaults(run=_run_list)
+
+    remove = commands.add_parser("remove", help="delete a pipeline: its ensembles and every step, nothing else")
+    remove.add_argument("name", help="pipeline name, as `list` shows it")
+    remove.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    remove.set_defaults(run=_run_remove)
+
+    stats = commands.add_parser("stats", help="per-step statistics of a served pipeline (statistics API)")
+    stats.add_argument("name", help="pipeline or ensemble name")
+    stats.add_argument("--url", default="localhost:8001", help="the server's gRPC address")
+    stats.add_argument("--json", action="store_true")
+    stats.set_defaults(run=_run_stats)
+
+
+def _run_list(args: argparse.Namespace) -> int:
+    from export.pipelines import pipelines
+
+    found = pipelines(args.repository)
+    if args.json:
+        print(json.dumps([asdict(record) for record in found.values()]))
+        return 0
+    print("| pipeline | kind | embedding size | runtime | precision | ensembles | steps |")
+    print("|---|---|---|---|---|---|---|")
+    for r in found.values():
+        row = [r.name, r.kind, r.embedding_size, r.runtime, r.precision, ", ".join(r.ensembles), ", ".join(r.steps)]
+        print("| " + " | ".join(map(str, row)) + " |")
+    return 0
+
+
+def _run_remove(args: argparse.Namespace) -> int:
+    from export.pipelines import remove_pipeline
+
+    record = remove_pipeline(args.repository, args.name)
+    print(f"removed {record.name}: {', '.join(record.models)}")
+    return 0
+
+
+def _run_stats(args: argparse.Namespace) -> int:
+    from export.stats import as_json, pipeline_stats, table
+
+    record, rows = pipeline_stats(args.url, args.name)
+    print(as_json(record, rows) if args.json else f"{record.name} ({record.kind})\n\n{table(rows)}")
+    return 0
+
+
 def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     serve = commands.add_parser("serve", help="run Triton (from the nvidia-pytriton wheel) on a repository")
     serve.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
@@ -193,6 +245,12 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
         "--load-model", action="append", default=[], metavar="NAME", help="with explicit mode: load at start"
     )
     serve.add_argument("--log-verbose", type=int, default=0)
+    serve.add_argument(
+        "--admin-key",
+        default=os.environ.get("TRITON_ADMIN_KEY"),
+        help="require this key (header admin-key) for the repository, logging, trace and shared-memory "
+        "APIs; required when --host is not loopback (default: $TRITON_ADMIN_KEY)",
+    )
     serve.set_defaults(run=_run_serve)
 
 
@@ -211,8 +269,8 @@ def _run_text(args: argparse.Namespace) -> int:
     )
     result = export_text(options)
     print(
-        f"wrote {', '.join(result.names.models)} to {result.repository}: "
-        f"{result.dimension}-d embeddings, up to {result.max_length} tokens; "
+        f"wrote {', '.join(result.record.models)} to {result.repository}: "
+        f"{result.record.embedding_size}-d embeddings, up to {result.max_length} tokens; "
         f"served tokenizer + ONNX vs sentence-transformers: {result.agreement}"
     )
     return 0
@@ -232,6 +290,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         model_control_mode=args.model_control_mode,
         load_models=tuple(args.load_model),
         log_verbose=args.log_verbose,
+        admin_key=args.admin_key,
     )
     server = TritonServer(options)  # its log goes to our stdout
     signal.signal(signal.SIGTERM, _interrupt)
@@ -260,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_clip_command(commands)
     _add_serve_command(commands)
     _add_perf_command(commands)
+    _add_lifecycle_commands(commands)
     return parser
 
 

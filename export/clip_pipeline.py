@@ -29,8 +29,9 @@ from export.names import (
     ClipPipelineNames,
 )
 from export.perf_analyzer import write_pipeline_input
+from export.pipelines import PipelineRecord, staged_pipeline
 from export.python_steps import classifier_parameters, write_classifier, write_image_preprocess, write_tokenizer
-from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
+from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.text_onnx import DEFAULT_OPSET
 from export.validation import Agreement
@@ -53,8 +54,7 @@ class ClipExportOptions:
 
 @dataclass(frozen=True)
 class ClipExport:
-    names: ClipPipelineNames
-    dimension: int
+    record: PipelineRecord
     labels: tuple[str, ...]
     text: Agreement
     image: Agreement
@@ -84,7 +84,17 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
     _check_templates(options.templates)
     python_batching, encoder_batching = options.serving.batching()
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
-    with staged_models(options.repository) as staging:
+    classify = bool(options.labels)
+    record = PipelineRecord(
+        name=names.name,
+        kind="clip",
+        runtime=options.serving.runtime,
+        precision="fp32",
+        embedding_size=clip.dimension,
+        ensembles=names.ensembles(classify=classify),
+        steps=names.steps(classify=classify),
+    )
+    with staged_pipeline(options.repository, record) as staging:
         text_onnx = version_dir(staging / names.text_encoder) / ONNX_FILE
         image_onnx = version_dir(staging / names.image_encoder) / ONNX_FILE
         export_clip_onnx(clip, text_onnx, image_onnx, opset=options.opset)
@@ -103,13 +113,15 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
         write_image_preprocess(
             staging / names.image_preprocess, names.image_preprocess, clip.preprocess, IMAGE, pixels, python_batching
         )
-        _write_ensembles(staging, names, clip, encoder_batching.max_batch_size)
-        if options.labels:
-            _write_classify(staging, names, clip, options, python_batching)
-    return ClipExport(names, clip.dimension, options.labels, text_agreement, image_agreement, options.repository)
+        _write_ensembles(staging, names, clip, encoder_batching.max_batch_size, record)
+        if classify:
+            _write_classify(staging, names, clip, options, python_batching, record)
+    return ClipExport(record, options.labels, text_agreement, image_agreement, options.repository)
 
 
-def _write_ensembles(staging: Path, names: ClipPipelineNames, clip: ClipModel, max_batch_size: int) -> None:
+def _write_ensembles(
+    staging: Path, names: ClipPipelineNames, clip: ClipModel, max_batch_size: int, record: PipelineRecord
+) -> None:
     embedding = EMBEDDING.with_dims(clip.dimension)
     for ensemble, first, encoder, source, between in (
         (names.text, names.text_tokenizer, names.text_encoder, TEXT, CLIP_INPUT_IDS),
@@ -119,14 +131,19 @@ def _write_ensembles(staging: Path, names: ClipPipelineNames, clip: ClipModel, m
             EnsembleStep(first, {source.name: source.name}, {between.name: between.name}),
             EnsembleStep(encoder, {between.name: between.name}, {EMBEDDING.name: EMBEDDING.name}),
         ]
-        config = model_config.ensemble(ensemble, [source], [embedding], max_batch_size, steps)
+        config = model_config.ensemble(ensemble, [source], [embedding], max_batch_size, steps, record.parameters())
         version_dir(staging / ensemble)
         model_config.write_config(config, staging / ensemble)
         write_pipeline_input(staging / ensemble, source)
 
 
 def _write_classify(
-    staging: Path, names: ClipPipelineNames, clip: ClipModel, options: ClipExportOptions, batching: Batching
+    staging: Path,
+    names: ClipPipelineNames,
+    clip: ClipModel,
+    options: ClipExportOptions,
+    batching: Batching,
+    record: PipelineRecord,
 ) -> None:
     """The classifier step, and the ensemble IMAGE -> preprocess -> image encoder -> classifier."""
     embeddings = label_embeddings(clip, list(options.labels), list(options.templates))
@@ -141,9 +158,8 @@ def _write_classify(
         ),
     ]
     outputs = [LABEL, SCORES.with_dims(len(options.labels))]
-    config = model_config.ensemble(names.classify, [IMAGE], outputs, batching.max_batch_size, steps)
-    for key, value in classifier_parameters(options.labels).items():
-        config.parameters[key].string_value = value
+    parameters = record.parameters() | classifier_parameters(options.labels)
+    config = model_config.ensemble(names.classify, [IMAGE], outputs, batching.max_batch_size, steps, parameters)
     version_dir(staging / names.classify)
     model_config.write_config(config, staging / names.classify)
     write_pipeline_input(staging / names.classify, IMAGE)

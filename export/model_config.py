@@ -115,8 +115,11 @@ def ensemble(
     outputs: Sequence[TensorSpec],
     max_batch_size: int,
     steps: Sequence[EnsembleStep],
+    parameters: Mapping[str, str] | None = None,
 ) -> mc.ModelConfig:
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    for key, value in (parameters or {}).items():
+        config.parameters[key].string_value = value
     config.input.extend(model_input(spec) for spec in inputs)
     config.output.extend(model_output(spec) for spec in outputs)
     for step in steps:

@@ -79,8 +79,12 @@ class TextPipelineNames:
         return f"{self.ensemble}_encoder"
 
     @property
+    def steps(self) -> tuple[str, ...]:
+        return (self.tokenizer, self.encoder)
+
+    @property
     def models(self) -> tuple[str, ...]:
-        return (self.ensemble, self.tokenizer, self.encoder)
+        return (self.ensemble, *self.steps)
 
 
 @dataclass(frozen=True)
@@ -124,7 +128,12 @@ class ClipPipelineNames:
     def classifier(self) -> str:
         return f"{self.name}_classifier"
 
+    def ensembles(self, *, classify: bool) -> tuple[str, ...]:
+        return (self.text, self.image, self.classify) if classify else (self.text, self.image)
+
+    def steps(self, *, classify: bool) -> tuple[str, ...]:
+        steps = (self.text_tokenizer, self.text_encoder, self.image_preprocess, self.image_encoder)
+        return (*steps, self.classifier) if classify else steps
+
     def models(self, *, classify: bool) -> tuple[str, ...]:
-        text = (self.text, self.text_tokenizer, self.text_encoder)
-        image = (self.image, self.image_preprocess, self.image_encoder)
-        return (*text, *image, self.classify, self.classifier) if classify else (*text, *image)
+        return self.ensembles(classify=classify) + self.steps(classify=classify)

@@ -6,6 +6,9 @@ model, so a server that (re)loads the repository never reads a half-written mode
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import os
 import re
 import shutil
 import tempfile
@@ -60,13 +63,31 @@ def model_names(repository: Path) -> list[str]:
     return sorted(p.name for p in repository.iterdir() if (p / CONFIG_FILE).is_file())
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2). False where this system cannot."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(code, os.strerror(code), str(second))
+
+
 @contextmanager
 def staged_models(repository: Path) -> Iterator[Path]:
     """Yield an empty staging folder; on success, move each model folder in it into place.
 
     The staging folder sits beside the repository (same file system, so moves are renames)
     rather than inside it, where Triton would try to load it as a model. A model that already
-    exists is replaced: the old folder is renamed away first, then the new one renamed in.
+    exists is exchanged with the new one in a single rename: a server reading the repository
+    sees the old model or the new one, complete, never a missing or half-written one. (Where
+    the file system cannot exchange, the old folder is renamed away first.)
     """
     repository.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{repository.name}-staging-", dir=repository.parent))
@@ -74,8 +95,10 @@ def staged_models(repository: Path) -> Iterator[Path]:
         yield staging
         for model_dir in sorted(staging.iterdir()):
             target = repository / model_dir.name
-            if target.exists():
+            if not target.exists():
+                model_dir.rename(target)
+            elif not _exchange(model_dir, target):  # the old model stays behind in staging
                 target.rename(staging / f".replaced-{model_dir.name}")
-            model_dir.rename(target)
+                model_dir.rename(target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)

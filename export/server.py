@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import importlib.util
+import ipaddress
 import os
 import signal
 import socket
@@ -30,6 +31,10 @@ from export.errors import UserError
 from export.repository import DEFAULT_REPOSITORY, model_names
 
 CONTROL_MODES = ("none", "explicit")
+# APIs that change the server or read beyond inference results: behind the admin key.
+RESTRICTED_APIS = ("model-repository", "logging", "trace", "shared-memory")
+ADMIN_KEY_HEADER = "admin-key"  # HTTP header carrying the key
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"  # gRPC metadata: Triton prefixes it
 
 
 class ServerError(UserError):
@@ -46,7 +51,17 @@ class ServerOptions:
     model_control_mode: str = "none"
     load_models: tuple[str, ...] = ()
     log_verbose: int = 0
+    admin_key: str | None = None
     extra_args: tuple[str, ...] = field(default=())
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: assume it can be reached from elsewhere
+            return False
 
     @property
     def local_host(self) -> str:
@@ -152,6 +167,15 @@ def check_ports_free(options: ServerOptions) -> None:
                 ) from None
 
 
+def check_exposure(options: ServerOptions) -> None:
+    """Off loopback, the admin APIs (load, unload, logging, trace) must be behind a key."""
+    if not options.loopback and not options.admin_key:
+        raise ServerError(
+            f"binding {options.host} would let anyone who reaches it load and unload models: "
+            "pass --admin-key KEY (or set TRITON_ADMIN_KEY), or bind 127.0.0.1"
+        )
+
+
 def check_repository(options: ServerOptions) -> None:
     repository = options.repository
     if options.model_control_mode not in CONTROL_MODES:
@@ -204,9 +228,13 @@ class TritonServer:
             f"--log-verbose={o.log_verbose}",
         ]
         cmd += [f"--load-model={name}" for name in o.load_models]
+        if o.admin_key:
+            restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={o.admin_key}"
+            cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
         return cmd + list(o.extra_args)
 
     def start(self) -> TritonServer:
+        check_exposure(self.options)
         check_repository(self.options)
         check_ports_free(self.options)
         install = TritonInstall.find()

@@ -15,8 +15,9 @@ from export import model_config, runtimes
 from export.model_config import EnsembleStep
 from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
 from export.perf_analyzer import write_pipeline_input
+from export.pipelines import PipelineRecord, staged_pipeline
 from export.python_steps import write_tokenizer
-from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, staged_models, version_dir
+from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.sentence_transformer import TextModel, load_text_model
 from export.text_onnx import DEFAULT_OPSET, check_text_onnx, export_text_onnx
@@ -39,8 +40,7 @@ class TextExportOptions:
 
 @dataclass(frozen=True)
 class TextExport:
-    names: TextPipelineNames
-    dimension: int
+    record: PipelineRecord
     max_length: int
     agreement: Agreement
     repository: Path
@@ -56,7 +56,16 @@ def export_text(options: TextExportOptions) -> TextExport:
         prompt_name=options.prompt_name,
         trust_remote_code=options.trust_remote_code,
     )
-    with staged_models(options.repository) as staging:
+    record = PipelineRecord(
+        name=names.ensemble,
+        kind="text",
+        runtime=options.serving.runtime,
+        precision="fp32",
+        embedding_size=text_model.dimension,
+        ensembles=(names.ensemble,),
+        steps=names.steps,
+    )
+    with staged_pipeline(options.repository, record) as staging:
         onnx_path = version_dir(staging / names.encoder) / ONNX_FILE
         export_text_onnx(text_model, onnx_path, opset=options.opset)
         agreement = check_text_onnx(text_model, onnx_path)
@@ -79,18 +88,20 @@ def export_text(options: TextExportOptions) -> TextExport:
             text_model.inputs,
             tokenizer_batching,
         )
-        write_text_ensemble(staging / names.ensemble, names, text_model, encoder_batching.max_batch_size)
-    return TextExport(names, text_model.dimension, text_model.tokenizer.max_length, agreement, options.repository)
+        write_text_ensemble(staging / names.ensemble, names, text_model, encoder_batching.max_batch_size, record)
+    return TextExport(record, text_model.tokenizer.max_length, agreement, options.repository)
 
 
-def write_text_ensemble(model_dir: Path, names: TextPipelineNames, text_model: TextModel, max_batch_size: int) -> None:
+def write_text_ensemble(
+    model_dir: Path, names: TextPipelineNames, text_model: TextModel, max_batch_size: int, record: PipelineRecord
+) -> None:
     tokens = {spec.name: spec.name for spec in text_model.inputs}
     steps = [
         EnsembleStep(names.tokenizer, input_map={TEXT.name: TEXT.name}, output_map=tokens),
         EnsembleStep(names.encoder, input_map=tokens, output_map={EMBEDDING.name: EMBEDDING.name}),
     ]
     output = EMBEDDING.with_dims(text_model.dimension)
-    config = model_config.ensemble(names.ensemble, [TEXT], [output], max_batch_size, steps)
+    config = model_config.ensemble(names.ensemble, [TEXT], [output], max_batch_size, steps, record.parameters())
     version_dir(model_dir)  # Triton wants a version folder, even an empty one, for ensembles
     model_config.write_config(config, model_dir)
     write_pipeline_input(model_dir, TEXT)
