@@ -17,6 +17,7 @@ from pathlib import Path
 
 from export.errors import UserError
 from export.names import DEFAULT_TEMPLATE
+from export.precision import PRECISIONS
 from export.repository import DEFAULT_REPOSITORY
 from export.runtimes import DEFAULTS, RUNTIMES, ServingOptions
 from export.server import CONTROL_MODES, ServerOptions, TritonServer
@@ -35,8 +36,14 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
         choices=list(RUNTIMES),
         default="python",
         help="python: onnxruntime in a Python-backend model (bundled server, CPU); "
-        "onnxruntime: native onnxruntime_onnx platform of the NGC image (GPU)",
+        "onnxruntime: native onnxruntime_onnx platform of the NGC image (GPU); "
+        "tensorrt: a TensorRT engine built now (needs tensorrt and a GPU here)",
     )
+    parser.add_argument(
+        "--tensorrt", action="store_true", help="onnxruntime runtime: ONNX Runtime's TensorRT execution provider"
+    )
+    parser.add_argument("--tensorrt-fp16", action="store_true", help="TensorRT in fp16 (both TensorRT options)")
+    parser.add_argument("--tensorrt-cache", metavar="DIR", help="server-side folder to cache TensorRT engines in")
     parser.add_argument(
         "--max-batch-size", type=int, help=f"largest batch per model (default: {_defaults('max_batch_size')})"
     )
@@ -55,6 +62,12 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
         "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="fp32",
+        help="encoder precision; fp16 keeps fp32 inputs, outputs and reductions (for GPUs; default: fp32)",
+    )
 
 
 def _serving_options(args: argparse.Namespace, step_instances: int | None) -> ServingOptions:
@@ -65,6 +78,9 @@ def _serving_options(args: argparse.Namespace, step_instances: int | None) -> Se
         step_instances=step_instances,
         max_queue_delay_us=args.max_queue_delay_us,
         intra_op_threads=args.intra_op_threads,
+        tensorrt=args.tensorrt,
+        tensorrt_fp16=args.tensorrt_fp16,
+        tensorrt_cache=args.tensorrt_cache,
     )
 
 
@@ -126,6 +142,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         labels=read_labels(args.labels) if args.labels else (),
         templates=tuple(args.template or (DEFAULT_TEMPLATE,)),
         opset=args.opset,
+        precision=args.precision,
         draft=not args.no_draft,
     )
     result = export_clip(options)
@@ -264,6 +281,7 @@ def _run_text(args: argparse.Namespace) -> int:
         serving=_serving_options(args, args.tokenizer_instances),
         max_length=args.max_length,
         opset=args.opset,
+        precision=args.precision,
         prompt_name=args.prompt_name,
         trust_remote_code=args.trust_remote_code,
     )

@@ -94,7 +94,9 @@ def sample_images(seed: int = 0) -> list[bytes]:
     return images
 
 
-def check_clip_onnx(clip: ClipModel, text_path: Path, image_path: Path) -> tuple[Agreement, Agreement]:
+def check_clip_onnx(
+    clip: ClipModel, text_path: Path, image_path: Path, **tolerance: float
+) -> tuple[Agreement, Agreement]:
     """Served tokenizer, preprocessing and both ONNX towers against open_clip in torch."""
     import onnxruntime as ort
 
@@ -117,8 +119,10 @@ def check_clip_onnx(clip: ClipModel, text_path: Path, image_path: Path) -> tuple
     (text_got,) = text_session.run([EMBEDDING.name], {CLIP_INPUT_IDS.name: ids})
     (image_got,) = image_session.run([EMBEDDING.name], {PIXEL_VALUES.name: pixels})
     return (
-        require_agreement("text tower: served tokenizer + ONNX vs open_clip", text_got, text_expected),
-        require_agreement("image tower: served preprocessing + ONNX vs open_clip", image_got, image_expected),
+        require_agreement("text tower: served tokenizer + ONNX vs open_clip", text_got, text_expected, **tolerance),
+        require_agreement(
+            "image tower: served preprocessing + ONNX vs open_clip", image_got, image_expected, **tolerance
+        ),
     )
 
 

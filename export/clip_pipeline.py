@@ -30,6 +30,7 @@ from export.names import (
 )
 from export.perf_analyzer import write_pipeline_input
 from export.pipelines import PipelineRecord, staged_pipeline
+from export.precision import FP16_AGREEMENT, check_precision, convert_to_fp16
 from export.python_steps import classifier_parameters, write_classifier, write_image_preprocess, write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
@@ -49,6 +50,7 @@ class ClipExportOptions:
     labels: tuple[str, ...] = ()
     templates: tuple[str, ...] = (DEFAULT_TEMPLATE,)
     opset: int = DEFAULT_OPSET
+    precision: str = "fp32"
     draft: bool = True
 
 
@@ -83,13 +85,14 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
     names = ClipPipelineNames(check_pipeline_name(options.name))
     _check_templates(options.templates)
     python_batching, encoder_batching = options.serving.batching()
+    runtimes.check_prerequisites(options.serving.runtime)
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
     classify = bool(options.labels)
     record = PipelineRecord(
         name=names.name,
         kind="clip",
         runtime=options.serving.runtime,
-        precision="fp32",
+        precision=check_precision(options.precision),
         embedding_size=clip.dimension,
         ensembles=names.ensembles(classify=classify),
         steps=names.steps(classify=classify),
@@ -99,14 +102,17 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
         image_onnx = version_dir(staging / names.image_encoder) / ONNX_FILE
         export_clip_onnx(clip, text_onnx, image_onnx, opset=options.opset)
         text_agreement, image_agreement = check_clip_onnx(clip, text_onnx, image_onnx)
+        if options.precision == "fp16":
+            convert_to_fp16(text_onnx)
+            convert_to_fp16(image_onnx)
+            text_agreement, image_agreement = check_clip_onnx(clip, text_onnx, image_onnx, **FP16_AGREEMENT)
 
         ids = CLIP_INPUT_IDS.with_dims(clip.tokenizer.pad_to_length)
         pixels = PIXEL_VALUES.with_dims(3, *clip.preprocess.size)
         embedding = EMBEDDING.with_dims(clip.dimension)
         for encoder_name, encoder_input in ((names.text_encoder, ids), (names.image_encoder, pixels)):
-            threads = options.serving.intra_op_threads
-            encoder = EncoderModel(encoder_name, [encoder_input], embedding, encoder_batching, intra_op_threads=threads)
-            runtimes.write_encoder(staging / encoder_name, encoder, options.serving.runtime)
+            encoder = EncoderModel(encoder_name, [encoder_input], embedding, encoder_batching)
+            runtimes.write_encoder(staging / encoder_name, encoder, options.serving)
         write_tokenizer(
             staging / names.text_tokenizer, names.text_tokenizer, clip.tokenizer, TEXT, [ids], python_batching
         )

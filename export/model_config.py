@@ -94,17 +94,19 @@ def python_model(
     return config
 
 
-def onnxruntime_model(
+def gpu_model(
     name: str,
     inputs: Iterable[mc.ModelInput],
     outputs: Iterable[TensorSpec],
     batching: Batching,
     *,
+    platform: str,
     model_filename: str,
 ) -> mc.ModelConfig:
-    """A model on Triton's native ONNX Runtime backend (the NGC image), on the GPU."""
+    """A model on one of Triton's native GPU platforms of the NGC image (onnxruntime_onnx,
+    tensorrt_plan)."""
     config = _batched_model(name, inputs, outputs, batching, mc.ModelInstanceGroup.KIND_GPU)
-    config.platform = "onnxruntime_onnx"
+    config.platform = platform
     config.default_model_filename = model_filename
     return config
 

@@ -2,9 +2,14 @@
 
 - `python`: an onnxruntime session inside a Python-backend model. The only choice on the
   bundled server (its wheel has no ONNX Runtime backend); runs on the CPU.
-- `onnxruntime`: Triton's native `onnxruntime_onnx` platform of the NGC image, on the GPU.
+- `onnxruntime`: Triton's native `onnxruntime_onnx` platform of the NGC image, on the GPU,
+  optionally with ONNX Runtime's TensorRT execution provider (`--tensorrt`).
+- `tensorrt`: a TensorRT engine built at export (`tensorrt_plan` platform); needs the
+  tensorrt package and a GPU where the export runs (export/tensorrt_plan.py).
 
-Both take the same ONNX file, inputs and outputs, so the ensemble in front does not change.
+All take the same ONNX graph, inputs and outputs, so the ensemble in front does not change.
+Every encoder is warmed up at load, so the first client request does not pay for
+initialization (or, with TensorRT, for building engines).
 """
 
 from __future__ import annotations
@@ -20,15 +25,17 @@ from export import model_config
 from export.errors import InvalidArgumentError
 from export.model_config import Batching
 from export.names import TensorSpec
-from export.repository import add_python_model
+from export.repository import add_python_model, version_dir
 
 ONNX_FILE = "model.onnx"
+PLAN_FILE = "model.plan"
+TENSORRT_WORKSPACE_BYTES = 1 << 30
 
 
 @dataclass(frozen=True)
 class ServingDefaults:
     """Batching defaults per runtime: measured on the 2-core CPU for `python`; starting
-    points for one GPU for `onnxruntime` (see docs/text-embeddings.md)."""
+    points for one GPU for the GPU runtimes (see docs/text-embeddings.md)."""
 
     max_batch_size: int
     max_queue_delay_us: int
@@ -36,12 +43,26 @@ class ServingDefaults:
     tokenizer_instances: int
 
 
+_GPU = ServingDefaults(max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2)
 DEFAULTS = {
     "python": ServingDefaults(max_batch_size=64, max_queue_delay_us=0, encoder_instances=1, tokenizer_instances=1),
-    "onnxruntime": ServingDefaults(
-        max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2
-    ),
+    "onnxruntime": _GPU,
+    "tensorrt": _GPU,
 }
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in DEFAULTS:
+        raise InvalidArgumentError(f"unknown runtime {runtime!r}; choose one of {', '.join(DEFAULTS)}")
+    return runtime
+
+
+def check_prerequisites(runtime: str) -> None:
+    """Before any work: what the runtime needs on the exporting machine."""
+    if runtime == "tensorrt":
+        from export.tensorrt_plan import check_available
+
+        check_available()
 
 
 @dataclass(frozen=True)
@@ -49,7 +70,9 @@ class ServingOptions:
     """How a pipeline is served, as asked for on the command line; None: the runtime's default.
 
     `step_instances` counts each Python step (tokenizer, image preprocess, classifier);
-    `instances` each encoder.
+    `instances` each encoder. `tensorrt*`: ONNX Runtime's TensorRT execution provider on the
+    `onnxruntime` runtime (fp16, and a folder, on the server, to cache built engines in);
+    `tensorrt_fp16` also applies to `--runtime tensorrt` engines.
     """
 
     runtime: str = "python"
@@ -58,10 +81,18 @@ class ServingOptions:
     step_instances: int | None = None
     max_queue_delay_us: int | None = None
     intra_op_threads: int = 0
+    tensorrt: bool = False
+    tensorrt_fp16: bool = False
+    tensorrt_cache: str | None = None
+
+    def __post_init__(self) -> None:
+        check_runtime(self.runtime)
+        if (self.tensorrt or self.tensorrt_cache) and self.runtime != "onnxruntime":
+            raise InvalidArgumentError("--tensorrt and --tensorrt-cache apply to --runtime onnxruntime")
 
     def batching(self) -> tuple[Batching, Batching]:
         """(Python steps, encoders) batching, with the runtime's defaults filled in."""
-        defaults = DEFAULTS[check_runtime(self.runtime)]
+        defaults = DEFAULTS[self.runtime]
         size = self.max_batch_size or defaults.max_batch_size
         delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
         return (
@@ -75,22 +106,39 @@ class EncoderModel:
     """An ONNX encoder (already written as `ONNX_FILE` in the model's version folder) and
     how to serve it.
 
-    `ragged`: the inputs' last axis varies between requests (token sequences). The Python
-    runtime then merges requests of different lengths, padding with `pad_values` on
-    `padding_side` (see `python_encoder`); fixed-shape inputs (pixels) merge anyway.
+    `sequence` is (shortest, typical, longest) for inputs whose last axis varies (token
+    sequences); None when every dimension is fixed (pixels, CLIP's fixed context). With a
+    varying axis, the Python runtime merges requests of different lengths (ragged batching),
+    padding with `pad_values` on `padding_side` (see `python_encoder`).
     """
 
     name: str
     inputs: Sequence[TensorSpec]
     output: TensorSpec
     batching: Batching
-    ragged: bool = False
+    sequence: tuple[int, int, int] | None = None
     pad_values: Mapping[str, int] = field(default_factory=dict)
     padding_side: str = "right"
-    intra_op_threads: int = 0
+
+    def shape(self, spec: TensorSpec, length: int) -> list[int]:
+        """`spec`'s dims without the batch axis, a varying last axis set to `length`."""
+        return [length if dim < 0 else dim for dim in spec.dims]
+
+    def warmups(self, *lengths_and_batches: tuple[int, int]) -> list[mc.ModelWarmup]:
+        """Zero-filled warm-up requests at (sequence length, batch size) pairs."""
+        warmups = []
+        for length, batch in dict.fromkeys(lengths_and_batches):
+            inputs = {
+                spec.name: mc.ModelWarmup.Input(
+                    data_type=mc.DataType.Value(spec.config_type), dims=self.shape(spec, length), zero_data=True
+                )
+                for spec in self.inputs
+            }
+            warmups.append(mc.ModelWarmup(name=f"batch {batch}, length {length}", batch_size=batch, inputs=inputs))
+        return warmups
 
 
-def python_encoder(model_dir: Path, encoder: EncoderModel) -> mc.ModelConfig:
+def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
     """onnxruntime inside a Python-backend model.
 
     Sequence inputs are declared ragged: Triton's batcher then merges requests whose lengths
@@ -102,35 +150,80 @@ def python_encoder(model_dir: Path, encoder: EncoderModel) -> mc.ModelConfig:
         "onnx_file": ONNX_FILE,
         "pad_values": json.dumps(dict(encoder.pad_values)),
         "padding_side": encoder.padding_side,
-        "intra_op_threads": str(encoder.intra_op_threads),
+        "intra_op_threads": str(serving.intra_op_threads),
     }
-    inputs = [model_config.model_input(spec, ragged=encoder.ragged) for spec in encoder.inputs]
-    return model_config.python_model(encoder.name, inputs, [encoder.output], encoder.batching, parameters)
+    ragged = encoder.sequence is not None
+    inputs = [model_config.model_input(spec, ragged=ragged) for spec in encoder.inputs]
+    config = model_config.python_model(encoder.name, inputs, [encoder.output], encoder.batching, parameters)
+    typical = encoder.sequence[1] if ragged else 0
+    config.model_warmup.extend(encoder.warmups((typical, 1)))
+    return config
 
 
-def onnxruntime_encoder(model_dir: Path, encoder: EncoderModel) -> mc.ModelConfig:
+def _gpu_warmups(encoder: EncoderModel) -> list[mc.ModelWarmup]:
+    """The two ends of the shape range: TensorRT builds (or loads) its engines at load."""
+    shortest, _, longest = encoder.sequence or (0, 0, 0)
+    return encoder.warmups((shortest, 1), (longest, encoder.batching.max_batch_size))
+
+
+def onnxruntime_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
     """Triton's ONNX Runtime backend on the GPU (NGC image). Requests merge only when their
     padded lengths match, which the tokenizer's batch-wide padding makes common."""
     inputs = [model_config.model_input(spec) for spec in encoder.inputs]
-    return model_config.onnxruntime_model(
-        encoder.name, inputs, [encoder.output], encoder.batching, model_filename=ONNX_FILE
+    config = model_config.gpu_model(
+        encoder.name, inputs, [encoder.output], encoder.batching, platform="onnxruntime_onnx", model_filename=ONNX_FILE
     )
+    if serving.tensorrt:
+        accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")
+        accelerator.parameters["precision_mode"] = "FP16" if serving.tensorrt_fp16 else "FP32"
+        accelerator.parameters["max_workspace_size_bytes"] = str(TENSORRT_WORKSPACE_BYTES)
+        if serving.tensorrt_cache:
+            accelerator.parameters["trt_engine_cache_enable"] = "1"
+            accelerator.parameters["trt_engine_cache_path"] = serving.tensorrt_cache
+    config.model_warmup.extend(_gpu_warmups(encoder))
+    return config
 
 
-RUNTIMES: dict[str, Callable[[Path, EncoderModel], mc.ModelConfig]] = {
+def tensorrt_config(encoder: EncoderModel) -> mc.ModelConfig:
+    inputs = [model_config.model_input(spec) for spec in encoder.inputs]
+    config = model_config.gpu_model(
+        encoder.name, inputs, [encoder.output], encoder.batching, platform="tensorrt_plan", model_filename=PLAN_FILE
+    )
+    config.model_warmup.extend(encoder.warmups((encoder.sequence[1] if encoder.sequence else 0, 1)))
+    return config
+
+
+def tensorrt_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
+    """A TensorRT engine built from the ONNX file, with one optimization profile spanning
+    batch 1 to max_batch_size and the shortest to longest sequence."""
+    from export.tensorrt_plan import build_plan
+
+    shortest, typical, longest = encoder.sequence or (0, 0, 0)
+    size = encoder.batching.max_batch_size
+    profile = {
+        spec.name: (
+            [1, *encoder.shape(spec, shortest)],
+            [max(1, size // 2), *encoder.shape(spec, typical)],
+            [size, *encoder.shape(spec, longest)],
+        )
+        for spec in encoder.inputs
+    }
+    onnx_path = version_dir(model_dir) / ONNX_FILE
+    build_plan(onnx_path, version_dir(model_dir) / PLAN_FILE, profile, fp16=serving.tensorrt_fp16)
+    onnx_path.unlink()  # the engine replaces it
+    return tensorrt_config(encoder)
+
+
+RUNTIMES: dict[str, Callable[[Path, EncoderModel, ServingOptions], mc.ModelConfig]] = {
     "python": python_encoder,
     "onnxruntime": onnxruntime_encoder,
+    "tensorrt": tensorrt_encoder,
 }
 
 
-def check_runtime(runtime: str) -> str:
-    if runtime not in RUNTIMES:
-        raise InvalidArgumentError(f"unknown runtime {runtime!r}; choose one of {', '.join(RUNTIMES)}")
-    return runtime
-
-
-def write_encoder(model_dir: Path, encoder: EncoderModel, runtime: str) -> mc.ModelConfig:
-    """Write config.pbtxt (and model.py where the runtime needs one) beside the ONNX file."""
-    config = RUNTIMES[check_runtime(runtime)](model_dir, encoder)
+def write_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
+    """Write config.pbtxt (and model.py or an engine where the runtime needs one) beside the
+    ONNX file."""
+    config = RUNTIMES[serving.runtime](model_dir, encoder, serving)
     model_config.write_config(config, model_dir)
     return config

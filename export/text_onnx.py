@@ -64,7 +64,7 @@ def export_text_onnx(text_model: TextModel, path: Path, *, opset: int = DEFAULT_
         )
 
 
-def check_text_onnx(text_model: TextModel, path: Path) -> Agreement:
+def check_text_onnx(text_model: TextModel, path: Path, **tolerance: float) -> Agreement:
     """Compare what the pipeline will serve with `SentenceTransformer.encode`; raise if they differ.
 
     The texts go through the served tokenizer's setup (tokenizer.json, truncation, padding,
@@ -77,4 +77,4 @@ def check_text_onnx(text_model: TextModel, path: Path) -> Agreement:
     expected = text_model.model.encode(texts, prompt=text_model.tokenizer.prefix, convert_to_numpy=True)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (got,) = session.run([EMBEDDING.name], text_model.tokenize(texts))
-    return require_agreement("served tokenizer + ONNX output vs sentence-transformers", got, expected)
+    return require_agreement("served tokenizer + ONNX output vs sentence-transformers", got, expected, **tolerance)

@@ -16,12 +16,15 @@ from export.model_config import EnsembleStep
 from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
 from export.perf_analyzer import write_pipeline_input
 from export.pipelines import PipelineRecord, staged_pipeline
+from export.precision import FP16_AGREEMENT, check_precision, convert_to_fp16
 from export.python_steps import write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.sentence_transformer import TextModel, load_text_model
 from export.text_onnx import DEFAULT_OPSET, check_text_onnx, export_text_onnx
 from export.validation import Agreement
+
+TYPICAL_TOKENS = 32  # a query or a sentence: warm-up and TensorRT's optimal shape
 
 
 @dataclass(frozen=True)
@@ -34,6 +37,7 @@ class TextExportOptions:
     serving: ServingOptions = field(default_factory=ServingOptions)
     max_length: int | None = None
     opset: int = DEFAULT_OPSET
+    precision: str = "fp32"
     prompt_name: str | None = None
     trust_remote_code: bool = False
 
@@ -50,6 +54,7 @@ def export_text(options: TextExportOptions) -> TextExport:
     """Load, convert, check against sentence-transformers, then write the three models."""
     names = TextPipelineNames(check_pipeline_name(options.name))
     tokenizer_batching, encoder_batching = options.serving.batching()
+    runtimes.check_prerequisites(options.serving.runtime)
     text_model = load_text_model(
         options.model,
         max_length=options.max_length,
@@ -60,7 +65,7 @@ def export_text(options: TextExportOptions) -> TextExport:
         name=names.ensemble,
         kind="text",
         runtime=options.serving.runtime,
-        precision="fp32",
+        precision=check_precision(options.precision),
         embedding_size=text_model.dimension,
         ensembles=(names.ensemble,),
         steps=names.steps,
@@ -69,17 +74,20 @@ def export_text(options: TextExportOptions) -> TextExport:
         onnx_path = version_dir(staging / names.encoder) / ONNX_FILE
         export_text_onnx(text_model, onnx_path, opset=options.opset)
         agreement = check_text_onnx(text_model, onnx_path)
+        if options.precision == "fp16":
+            convert_to_fp16(onnx_path)
+            agreement = check_text_onnx(text_model, onnx_path, **FP16_AGREEMENT)
+        longest = text_model.tokenizer.max_length
         encoder = EncoderModel(
             name=names.encoder,
             inputs=text_model.inputs,
             output=EMBEDDING.with_dims(text_model.dimension),
             batching=encoder_batching,
-            ragged=True,
+            sequence=(1, min(TYPICAL_TOKENS, longest), longest),
             pad_values={INPUT_IDS.name: text_model.tokenizer.pad_token_id},
             padding_side=text_model.tokenizer.padding_side,
-            intra_op_threads=options.serving.intra_op_threads,
         )
-        runtimes.write_encoder(staging / names.encoder, encoder, options.serving.runtime)
+        runtimes.write_encoder(staging / names.encoder, encoder, options.serving)
         write_tokenizer(
             staging / names.tokenizer,
             names.tokenizer,
