@@ -16,6 +16,9 @@ PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 PERF_ANALYZER := .tools/perf_analyzer/perf_analyzer
+# The Compose Specification's JSON schema, as the docker-compose 1.29.2 wheel ships it
+# (docker compose itself cannot run here: no Docker engine), to validate docker-compose.yml.
+COMPOSE_SCHEMA := .tools/compose_spec.json
 CONCURRENCY ?= 1 2 4 8 16 32
 
 .PHONY: serve test lint perf perf-tools bench bench-tools system-deps
@@ -23,7 +26,7 @@ CONCURRENCY ?= 1 2 4 8 16 32
 serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
-test: $(VENV)/.installed-test $(PERF_ANALYZER)
+test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA)
 	$(PY) -m ruff check export tests benchmarks locustfiles
 	$(PY) -m pytest $(PYTEST_ARGS)
 
@@ -32,6 +35,13 @@ perf: $(VENV)/.installed-export $(PERF_ANALYZER)
 	$(PY) -m export perf $(or $(MODEL),$(NAME)) --repository $(REPOSITORY) --concurrency $(CONCURRENCY)
 
 perf-tools: $(PERF_ANALYZER)
+
+$(COMPOSE_SCHEMA): | $(VENV)/bin/python
+	mkdir -p $(@D)/compose
+	$(PY) -m pip download --quiet --no-deps docker-compose==1.29.2 --dest $(@D)/compose
+	$(PY) -c 'import sys, zipfile; open(sys.argv[3], "wb").write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]))' \
+		$(@D)/compose/docker_compose-1.29.2-py2.py3-none-any.whl compose/config/compose_spec.json $@
+	rm -rf $(@D)/compose
 
 # perf_analyzer from the tritonclient 2.50.0 wheel (newer perf-analyzer wheels need glibc 2.38),
 # in a folder of its own so that wheel's old gevent pins do not reach the project's venv. It

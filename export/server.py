@@ -222,6 +222,7 @@ class TritonServer:
             f"--metrics-port={o.metrics_port}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # CPU only: no pinned (page-locked) staging buffers
+            "--metrics-config=summary_latencies=true",  # p50/p99 per model on the metrics port
             f"--model-control-mode={o.model_control_mode}",
             "--strict-readiness=true",
             "--exit-timeout-secs=10",

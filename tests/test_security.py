@@ -90,3 +90,25 @@ def test_inference_and_health_need_no_key(guarded_server) -> None:
     assert client.is_server_ready()
     assert embed_grpc(client, NAMES.ensemble, ["no key needed"]).shape == (1, 32)
     client.close()
+
+
+def test_the_documented_curl_calls(guarded_server) -> None:
+    """docs/operations.md's unload with unload_dependents, then load, over plain HTTP."""
+    base = f"http://{guarded_server.options.http_url}/v2/repository"
+    headers = {ADMIN_KEY_HEADER: KEY, "Content-Type": "application/json"}
+
+    def call(path: str, body: dict) -> list | dict | None:
+        request = urllib.request.Request(f"{base}{path}", json.dumps(body).encode(), headers, method="POST")
+        with urllib.request.urlopen(request, timeout=120) as response:
+            text = response.read()
+        return json.loads(text) if text else None
+
+    def ready() -> set[str]:
+        return {m["name"] for m in call("/index", {}) if m.get("state") == "READY"}
+
+    call(f"/models/{NAMES.ensemble}/load", {})
+    assert ready() == set(NAMES.models)
+    call(f"/models/{NAMES.ensemble}/unload", {"parameters": {"unload_dependents": True}})
+    assert ready() == set()
+    call(f"/models/{NAMES.ensemble}/load", {})
+    assert ready() == set(NAMES.models)
