@@ -44,6 +44,13 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
     )
     parser.add_argument("--tensorrt-fp16", action="store_true", help="TensorRT in fp16 (both TensorRT options)")
     parser.add_argument("--tensorrt-cache", metavar="DIR", help="server-side folder to cache TensorRT engines in")
+    for axis, default in (("batch", "1, half and all of max batch size"), ("sequence", "1, 32 and max length")):
+        parser.add_argument(
+            f"--tensorrt-{axis}",
+            type=_triple,
+            metavar="MIN,OPT,MAX",
+            help=f"--runtime tensorrt optimization profile, {axis} axis (default: {default})",
+        )
     parser.add_argument(
         "--max-batch-size", type=int, help=f"largest batch per model (default: {_defaults('max_batch_size')})"
     )
@@ -70,6 +77,13 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
     )
 
 
+def _triple(text: str) -> tuple[int, int, int]:
+    values = tuple(int(part) for part in text.split(","))
+    if len(values) != 3:
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX, got {text!r}")
+    return values
+
+
 def _serving_options(args: argparse.Namespace, step_instances: int | None) -> ServingOptions:
     return ServingOptions(
         runtime=args.runtime,
@@ -81,6 +95,8 @@ def _serving_options(args: argparse.Namespace, step_instances: int | None) -> Se
         tensorrt=args.tensorrt,
         tensorrt_fp16=args.tensorrt_fp16,
         tensorrt_cache=args.tensorrt_cache,
+        tensorrt_batch=args.tensorrt_batch,
+        tensorrt_sequence=args.tensorrt_sequence,
     )
 
 

@@ -84,11 +84,18 @@ class ServingOptions:
     tensorrt: bool = False
     tensorrt_fp16: bool = False
     tensorrt_cache: str | None = None
+    tensorrt_batch: tuple[int, int, int] | None = None  # --runtime tensorrt profile: min, opt, max
+    tensorrt_sequence: tuple[int, int, int] | None = None
 
     def __post_init__(self) -> None:
         check_runtime(self.runtime)
         if (self.tensorrt or self.tensorrt_cache) and self.runtime != "onnxruntime":
             raise InvalidArgumentError("--tensorrt and --tensorrt-cache apply to --runtime onnxruntime")
+        if (self.tensorrt_batch or self.tensorrt_sequence) and self.runtime != "tensorrt":
+            raise InvalidArgumentError("--tensorrt-batch and --tensorrt-sequence apply to --runtime tensorrt")
+        for name, triple in (("batch", self.tensorrt_batch), ("sequence", self.tensorrt_sequence)):
+            if triple is not None and not 1 <= triple[0] <= triple[1] <= triple[2]:
+                raise InvalidArgumentError(f"--tensorrt-{name} needs 1 <= min <= opt <= max, got {triple}")
 
     def batching(self) -> tuple[Batching, Batching]:
         """(Python steps, encoders) batching, with the runtime's defaults filled in."""
@@ -193,21 +200,26 @@ def tensorrt_config(encoder: EncoderModel) -> mc.ModelConfig:
     return config
 
 
-def tensorrt_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
-    """A TensorRT engine built from the ONNX file, with one optimization profile spanning
-    batch 1 to max_batch_size and the shortest to longest sequence."""
-    from export.tensorrt_plan import build_plan
-
-    shortest, typical, longest = encoder.sequence or (0, 0, 0)
+def tensorrt_profile(encoder: EncoderModel, serving: ServingOptions) -> dict[str, tuple[list[int], ...]]:
+    """(min, opt, max) shapes per input: by default batch 1, half and all of max_batch_size,
+    and the encoder's shortest, typical and longest sequence; --tensorrt-batch and
+    --tensorrt-sequence narrow them (an engine is fastest for the shapes it expects)."""
     size = encoder.batching.max_batch_size
-    profile = {
-        spec.name: (
-            [1, *encoder.shape(spec, shortest)],
-            [max(1, size // 2), *encoder.shape(spec, typical)],
-            [size, *encoder.shape(spec, longest)],
-        )
+    batches = serving.tensorrt_batch or (1, max(1, size // 2), size)
+    if batches[2] > size:
+        raise InvalidArgumentError(f"--tensorrt-batch max {batches[2]} exceeds --max-batch-size {size}")
+    lengths = serving.tensorrt_sequence or encoder.sequence or (0, 0, 0)
+    return {
+        spec.name: tuple([batch, *encoder.shape(spec, length)] for batch, length in zip(batches, lengths, strict=True))
         for spec in encoder.inputs
     }
+
+
+def tensorrt_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
+    """A TensorRT engine built from the ONNX file, with one optimization profile."""
+    from export.tensorrt_plan import build_plan
+
+    profile = tensorrt_profile(encoder, serving)
     onnx_path = version_dir(model_dir) / ONNX_FILE
     build_plan(onnx_path, version_dir(model_dir) / PLAN_FILE, profile, fp16=serving.tensorrt_fp16)
     onnx_path.unlink()  # the engine replaces it

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from export.errors import UserError
 
-Shapes = tuple[list[int], list[int], list[int]]  # min, opt, max, batch axis included
+Shapes = tuple[list[int], ...]  # min, opt, max, batch axis included
 
 
 def _gpu_present() -> bool:

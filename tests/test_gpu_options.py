@@ -96,3 +96,20 @@ def test_fp16_encoder_agrees_with_fp32(tmp_path: Path) -> None:
     assert fp16.dtype == np.float32
     assert cosine(fp16, fp32).min() >= 0.999
     assert read_config(tmp_path / "fp16").parameters["pipeline"].string_value.count('"precision": "fp16"') == 1
+
+
+def test_tensorrt_optimization_profile() -> None:
+    from export.runtimes import tensorrt_profile
+
+    inputs = [spec.with_dims(-1) for spec in (INPUT_IDS, ATTENTION_MASK)]
+    encoder = EncoderModel("e", inputs, EMBEDDING.with_dims(384), Batching(64), sequence=(1, 32, 256))
+    default = tensorrt_profile(encoder, ServingOptions(runtime="tensorrt"))
+    assert default["input_ids"] == ([1, 1], [32, 32], [64, 256])
+    narrowed = ServingOptions(runtime="tensorrt", tensorrt_batch=(1, 8, 16), tensorrt_sequence=(4, 16, 64))
+    assert tensorrt_profile(encoder, narrowed)["attention_mask"] == ([1, 4], [8, 16], [16, 64])
+    with pytest.raises(InvalidArgumentError, match="exceeds --max-batch-size 64"):
+        tensorrt_profile(encoder, ServingOptions(runtime="tensorrt", tensorrt_batch=(1, 8, 128)))
+    with pytest.raises(InvalidArgumentError, match="min <= opt <= max"):
+        ServingOptions(runtime="tensorrt", tensorrt_sequence=(8, 4, 64))
+    with pytest.raises(InvalidArgumentError, match="apply to --runtime tensorrt"):
+        ServingOptions(runtime="onnxruntime", tensorrt_batch=(1, 2, 4))
