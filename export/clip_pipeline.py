@@ -86,13 +86,14 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
     _check_templates(options.templates)
     python_batching, encoder_batching = options.serving.batching()
     runtimes.check_prerequisites(options.serving.runtime)
+    check_precision(options.precision)
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
     classify = bool(options.labels)
     record = PipelineRecord(
         name=names.name,
         kind="clip",
         runtime=options.serving.runtime,
-        precision=check_precision(options.precision),
+        precision=options.precision,
         embedding_size=clip.dimension,
         ensembles=names.ensembles(classify=classify),
         steps=names.steps(classify=classify),

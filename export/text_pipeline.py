@@ -55,6 +55,7 @@ def export_text(options: TextExportOptions) -> TextExport:
     names = TextPipelineNames(check_pipeline_name(options.name))
     tokenizer_batching, encoder_batching = options.serving.batching()
     runtimes.check_prerequisites(options.serving.runtime)
+    check_precision(options.precision)
     text_model = load_text_model(
         options.model,
         max_length=options.max_length,
@@ -65,7 +66,7 @@ def export_text(options: TextExportOptions) -> TextExport:
         name=names.ensemble,
         kind="text",
         runtime=options.serving.runtime,
-        precision=check_precision(options.precision),
+        precision=options.precision,
         embedding_size=text_model.dimension,
         ensembles=(names.ensemble,),
         steps=names.steps,
