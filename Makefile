@@ -21,7 +21,7 @@ PERF_ANALYZER := .tools/perf_analyzer/perf_analyzer
 COMPOSE_SCHEMA := .tools/compose_spec.json
 CONCURRENCY ?= 1 2 4 8 16 32
 
-.PHONY: serve test lint perf perf-tools bench bench-tools system-deps
+.PHONY: serve test soak lint perf perf-tools bench bench-tools system-deps
 
 serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
@@ -67,6 +67,10 @@ bench-tools: .bench/infinity/bin/infinity_emb
 .bench/infinity/bin/infinity_emb:
 	$(PYTHON) -m venv .bench/infinity
 	.bench/infinity/bin/pip install --quiet "infinity-emb[server,torch]==0.0.78" "torch==2.14.1"
+
+# Minutes of steady load, memory measured (tests/test_soak.py); SOAK_SECONDS=600 for longer.
+soak: $(VENV)/.installed-test
+	$(PY) -m pytest -m soak $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check export tests benchmarks locustfiles

@@ -20,7 +20,7 @@ from export.names import DEFAULT_TEMPLATE
 from export.precision import PRECISIONS
 from export.repository import DEFAULT_REPOSITORY
 from export.runtimes import DEFAULTS, RUNTIMES, ServingOptions
-from export.server import CONTROL_MODES, ServerOptions, TritonServer
+from export.server import CONTROL_MODES, ServerOptions, TritonServer, serve_until_stopped
 
 
 def _defaults(field: str) -> str:
@@ -66,6 +66,16 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
         help=f"dynamic batching delay in microseconds (default: {_defaults('max_queue_delay_us')})",
     )
     parser.add_argument(
+        "--max-queue-size",
+        type=int,
+        help="requests each step lets wait before rejecting more; 0: unbounded (default: 4 batches)",
+    )
+    parser.add_argument(
+        "--queue-timeout-ms",
+        type=int,
+        help="reject a request that waited this long in a step's queue; 0: never (default: 2000)",
+    )
+    parser.add_argument(
         "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
     )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
@@ -91,6 +101,8 @@ def _serving_options(args: argparse.Namespace, step_instances: int | None) -> Se
         instances=args.instances,
         step_instances=step_instances,
         max_queue_delay_us=args.max_queue_delay_us,
+        max_queue_size=args.max_queue_size,
+        queue_timeout_ms=args.queue_timeout_ms,
         intra_op_threads=args.intra_op_threads,
         tensorrt=args.tensorrt,
         tensorrt_fp16=args.tensorrt_fp16,
@@ -98,6 +110,20 @@ def _serving_options(args: argparse.Namespace, step_instances: int | None) -> Se
         tensorrt_batch=args.tensorrt_batch,
         tensorrt_sequence=args.tensorrt_sequence,
     )
+
+
+def _add_limit_flags(parser: argparse.ArgumentParser, *, images: bool) -> None:
+    """Input limits, enforced per item by the served steps (docs/reliability.md)."""
+    parser.add_argument("--max-text-bytes", type=int, help="refuse longer texts (default: 1 MiB)")
+    if images:
+        parser.add_argument("--max-image-bytes", type=int, help="refuse larger image files (default: 32 MiB)")
+        parser.add_argument("--max-pixels", type=int, help="refuse larger decoded images (default: 89.5 million)")
+
+
+def _limits(args: argparse.Namespace) -> dict[str, int]:
+    """The limit flags given; the others keep the exporters' defaults."""
+    names = ("max_text_bytes", "max_image_bytes", "max_pixels")
+    return {name: getattr(args, name) for name in names if getattr(args, name, None) is not None}
 
 
 def _add_text_command(commands: argparse._SubParsersAction) -> None:
@@ -111,6 +137,7 @@ def _add_text_command(commands: argparse._SubParsersAction) -> None:
     text.add_argument("--max-length", type=int, help="truncate to this many tokens (default: the model's)")
     _add_serving_flags(text, python_step="tokenizer")
     text.add_argument("--prompt-name", help="prepend this named prompt of the model to every text")
+    _add_limit_flags(text, images=False)
     text.add_argument(
         "--trust-remote-code", action="store_true", help="allow the model's own Python code (off by default)"
     )
@@ -143,6 +170,7 @@ def _add_clip_command(commands: argparse._SubParsersAction) -> None:
         help="always decode JPEGs at full size (default: at a reduced DCT scale when at least twice the target)",
     )
     _add_serving_flags(clip, python_step="preprocess")
+    _add_limit_flags(clip, images=True)
     clip.set_defaults(run=_run_clip)
 
 
@@ -160,6 +188,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         opset=args.opset,
         precision=args.precision,
         draft=not args.no_draft,
+        **_limits(args),
     )
     result = export_clip(options)
     print(
@@ -300,6 +329,7 @@ def _run_text(args: argparse.Namespace) -> int:
         precision=args.precision,
         prompt_name=args.prompt_name,
         trust_remote_code=args.trust_remote_code,
+        **_limits(args),
     )
     result = export_text(options)
     print(
@@ -328,17 +358,16 @@ def _run_serve(args: argparse.Namespace) -> int:
     )
     server = TritonServer(options)  # its log goes to our stdout
     signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        server.start()
-        server.wait_until_ready()
+
+    def ready() -> None:
         print(
             f"\nTriton is ready:\n  HTTP    http://{options.http_url}/v2/models/<name>/infer\n"
             f"  gRPC    {options.grpc_url}\n  metrics {options.metrics_url}\nCtrl-C stops it.",
             flush=True,
         )
-        code = server.process.wait()
-        print(f"error: tritonserver exited with code {code}", file=sys.stderr)
-        return code or 1
+
+    try:
+        return serve_until_stopped(server, ready)
     except KeyboardInterrupt:
         print("stopping tritonserver", file=sys.stderr, flush=True)
         return 0

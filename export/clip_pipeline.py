@@ -9,7 +9,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export import model_config, runtimes
@@ -31,7 +31,14 @@ from export.names import (
 from export.perf_analyzer import write_pipeline_input
 from export.pipelines import PipelineRecord, staged_pipeline
 from export.precision import FP16_AGREEMENT, check_precision, convert_to_fp16
-from export.python_steps import classifier_parameters, write_classifier, write_image_preprocess, write_tokenizer
+from export.python_models.image_preprocess.image_processing import PreprocessSettings
+from export.python_steps import (
+    TokenizerSettings,
+    classifier_parameters,
+    write_classifier,
+    write_image_preprocess,
+    write_tokenizer,
+)
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.text_onnx import DEFAULT_OPSET
@@ -52,6 +59,9 @@ class ClipExportOptions:
     opset: int = DEFAULT_OPSET
     precision: str = "fp32"
     draft: bool = True
+    max_text_bytes: int = TokenizerSettings.max_text_bytes
+    max_image_bytes: int = PreprocessSettings.max_bytes
+    max_pixels: int = PreprocessSettings.max_pixels
 
 
 @dataclass(frozen=True)
@@ -114,11 +124,11 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
         for encoder_name, encoder_input in ((names.text_encoder, ids), (names.image_encoder, pixels)):
             encoder = EncoderModel(encoder_name, [encoder_input], embedding, encoder_batching)
             runtimes.write_encoder(staging / encoder_name, encoder, options.serving)
-        write_tokenizer(
-            staging / names.text_tokenizer, names.text_tokenizer, clip.tokenizer, TEXT, [ids], python_batching
-        )
+        tokenizer = replace(clip.tokenizer, max_text_bytes=options.max_text_bytes)
+        write_tokenizer(staging / names.text_tokenizer, names.text_tokenizer, tokenizer, TEXT, [ids], python_batching)
+        preprocess = replace(clip.preprocess, max_bytes=options.max_image_bytes, max_pixels=options.max_pixels)
         write_image_preprocess(
-            staging / names.image_preprocess, names.image_preprocess, clip.preprocess, IMAGE, pixels, python_batching
+            staging / names.image_preprocess, names.image_preprocess, preprocess, IMAGE, pixels, python_batching
         )
         _write_ensembles(staging, names, clip, encoder_batching.max_batch_size, record)
         if classify:

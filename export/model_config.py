@@ -22,23 +22,27 @@ CONFIG_FILE = "config.pbtxt"
 
 @dataclass(frozen=True)
 class Batching:
-    """How one model batches and how many copies of it run.
+    """How one model batches, how many copies of it run, and how much it lets wait.
 
     `max_queue_delay_us` is how long the dynamic batcher may hold a request to merge it with
-    others; 0 still merges whatever queued up while the model was busy.
+    others; 0 still merges whatever queued up while the model was busy. `max_queue_size`
+    and `queue_timeout_us` bound the queue: past them, requests are rejected at once with
+    a clear error instead of waiting without end (0: no bound).
     """
 
     max_batch_size: int
     max_queue_delay_us: int = 0
     instances: int = 1
+    max_queue_size: int = 0
+    queue_timeout_us: int = 0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
             raise InvalidArgumentError(f"max_batch_size must be at least 1, got {self.max_batch_size}")
         if self.instances < 1:
             raise InvalidArgumentError(f"instances must be at least 1, got {self.instances}")
-        if self.max_queue_delay_us < 0:
-            raise InvalidArgumentError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if min(self.max_queue_delay_us, self.max_queue_size, self.queue_timeout_us) < 0:
+            raise InvalidArgumentError("queue delay, queue size and queue timeout must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,12 @@ def _batched_model(
     config.input.extend(inputs)
     config.output.extend(model_output(spec) for spec in outputs)
     config.dynamic_batching.max_queue_delay_microseconds = batching.max_queue_delay_us
+    if batching.max_queue_size or batching.queue_timeout_us:
+        policy = config.dynamic_batching.default_queue_policy
+        policy.timeout_action = mc.ModelQueuePolicy.REJECT
+        policy.default_timeout_microseconds = batching.queue_timeout_us
+        policy.allow_timeout_override = True  # a client may ask for a shorter wait, never longer
+        policy.max_queue_size = batching.max_queue_size
     config.instance_group.add(count=batching.instances, kind=kind)
     return config
 

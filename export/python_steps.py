@@ -39,6 +39,7 @@ class TokenizerSettings:
     prefix: str = ""
     clean: str = "none"
     pad_to_length: int = 0
+    max_text_bytes: int = 1 << 20  # longer texts are refused; tokens past max_length are cut anyway
 
     @classmethod
     def from_model(cls, model_dir: Path) -> TokenizerSettings:

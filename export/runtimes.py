@@ -41,6 +41,8 @@ class ServingDefaults:
     max_queue_delay_us: int
     encoder_instances: int
     tokenizer_instances: int
+    queue_batches: int = 4  # max queue size, in batches of max_batch_size
+    queue_timeout_ms: int = 2000
 
 
 _GPU = ServingDefaults(max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2)
@@ -80,6 +82,8 @@ class ServingOptions:
     instances: int | None = None
     step_instances: int | None = None
     max_queue_delay_us: int | None = None
+    max_queue_size: int | None = None
+    queue_timeout_ms: int | None = None
     intra_op_threads: int = 0
     tensorrt: bool = False
     tensorrt_fp16: bool = False
@@ -102,9 +106,12 @@ class ServingOptions:
         defaults = DEFAULTS[self.runtime]
         size = self.max_batch_size or defaults.max_batch_size
         delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
+        queue = defaults.queue_batches * size if self.max_queue_size is None else self.max_queue_size
+        timeout_ms = defaults.queue_timeout_ms if self.queue_timeout_ms is None else self.queue_timeout_ms
+        bounds = {"max_queue_size": queue, "queue_timeout_us": timeout_ms * 1000}
         return (
-            Batching(size, delay, self.step_instances or defaults.tokenizer_instances),
-            Batching(size, delay, self.instances or defaults.encoder_instances),
+            Batching(size, delay, self.step_instances or defaults.tokenizer_instances, **bounds),
+            Batching(size, delay, self.instances or defaults.encoder_instances, **bounds),
         )
 
 

@@ -14,6 +14,7 @@ import contextlib
 import ctypes
 import importlib.util
 import ipaddress
+import json
 import os
 import signal
 import socket
@@ -23,12 +24,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from export.errors import UserError
 from export.repository import DEFAULT_REPOSITORY, model_names
+from export.watchdog import StubWatchdog
 
 CONTROL_MODES = ("none", "explicit")
 # APIs that change the server or read beyond inference results: behind the admin key.
@@ -52,6 +55,7 @@ class ServerOptions:
     load_models: tuple[str, ...] = ()
     log_verbose: int = 0
     admin_key: str | None = None
+    restart_dead_stubs: bool = True
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -206,6 +210,7 @@ class TritonServer:
         self.options = options
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: StubWatchdog | None = None
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
 
     def command(self, backend_directory: Path, install: TritonInstall) -> list[str]:
@@ -223,12 +228,15 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # CPU only: no pinned (page-locked) staging buffers
             "--metrics-config=summary_latencies=true",  # p50/p99 per model on the metrics port
-            f"--model-control-mode={o.model_control_mode}",
+            # "none" runs as explicit with every model loaded at start: the same models, and
+            # the repository API the stub watchdog reloads a model through.
+            "--model-control-mode=explicit",
             "--strict-readiness=true",
             "--exit-timeout-secs=10",
             f"--log-verbose={o.log_verbose}",
         ]
-        cmd += [f"--load-model={name}" for name in o.load_models]
+        loads = ["*"] if o.model_control_mode == "none" else o.load_models
+        cmd += [f"--load-model={name}" for name in loads]
         if o.admin_key:
             restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={o.admin_key}"
             cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
@@ -268,6 +276,41 @@ class TritonServer:
             time.sleep(0.2)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
 
+    def start_watchdog(self) -> None:
+        """Reload any model whose Python-backend stub dies (export/watchdog.py)."""
+        if self.options.restart_dead_stubs and self.process is not None and self.watchdog is None:
+            self.watchdog = StubWatchdog(self.process.pid, self._model_ready, self._reload, say=self._say)
+            self.watchdog.start()
+
+    def _repository_call(self, path: str) -> bytes:
+        headers = {ADMIN_KEY_HEADER: self.options.admin_key} if self.options.admin_key else {}
+        request = urllib.request.Request(
+            f"http://{self.options.http_url}/v2/repository{path}", data=b"{}", headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return response.read()
+
+    def _model_state(self, model: str) -> str | None:
+        index = json.loads(self._repository_call("/index"))
+        return next((entry.get("state") for entry in index if entry.get("name") == model), None)
+
+    def _model_ready(self, model: str) -> bool:
+        return self._model_state(model) == "READY"
+
+    def _reload(self, model: str, timeout: float = 30.0) -> None:
+        """Unload, then load again once the unload has begun. (A plain `load` of an unchanged
+        model is a no-op: the dead instance would stay in service. Waiting for the unload to
+        finish can take a minute: Triton waits out the dead stub's timeouts.)"""
+        self._repository_call(f"/models/{model}/unload")
+        deadline = time.monotonic() + timeout
+        while self._model_state(model) == "READY" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._repository_call(f"/models/{model}/load")
+
+    @staticmethod
+    def _say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
     def _log_hint(self, lines: int = 60) -> str:
         """The end of the server's log file, if it writes to one (else it is on our terminal)."""
         name = getattr(self.log, "name", None)
@@ -279,6 +322,9 @@ class TritonServer:
 
     def stop(self, timeout: float = 30.0) -> int | None:
         """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL whatever remains."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
         process, self.process = self.process, None
         code = None
         if process is not None:
@@ -298,6 +344,7 @@ class TritonServer:
         self.start()
         try:
             self.wait_until_ready()
+            self.start_watchdog()
         except BaseException:
             self.stop()
             raise
@@ -305,3 +352,38 @@ class TritonServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def serve_until_stopped(
+    server: TritonServer, on_ready: Callable[[], None], *, max_restarts: int = 5, window: float = 300.0
+) -> int:
+    """Run the server until it is stopped; restart it when it dies on its own.
+
+    Triton can crash on a single request (2.51's HTTP frontend segfaults on a JSON body
+    holding a string of 4 MiB or more, see docs/reliability.md). A crash ends every request
+    in flight; the restart brings the service back without an operator. More than
+    `max_restarts` crashes within `window` seconds is a loop, not an accident: give up.
+    Returns the exit code to report. KeyboardInterrupt (our SIGINT/SIGTERM) stops it.
+    """
+    crashes: list[float] = []
+    while True:
+        server.start()
+        try:
+            server.wait_until_ready()
+        except ServerError:
+            code = server.process.returncode if server.process is not None else None
+            server.stop()
+            if code is None or code >= 0:  # its own error (a model failed to load...): no retry
+                raise
+            # else killed by a signal while starting (a request can reach it first): a crash
+        else:
+            server.start_watchdog()
+            on_ready()
+            code = server.process.wait()
+            server.stop()
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < window] + [now]
+        if len(crashes) > max_restarts:
+            print(f"error: tritonserver died {len(crashes)} times in {window:.0f} s; giving up", file=sys.stderr)
+            return code or 1
+        print(f"tritonserver exited with code {code}; restarting it", file=sys.stderr, flush=True)

@@ -8,7 +8,7 @@ Three models, named by `names.TextPipelineNames`:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export import model_config, runtimes
@@ -17,7 +17,7 @@ from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
 from export.perf_analyzer import write_pipeline_input
 from export.pipelines import PipelineRecord, staged_pipeline
 from export.precision import FP16_AGREEMENT, check_precision, convert_to_fp16
-from export.python_steps import write_tokenizer
+from export.python_steps import TokenizerSettings, write_tokenizer
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.sentence_transformer import TextModel, load_text_model
@@ -38,6 +38,7 @@ class TextExportOptions:
     max_length: int | None = None
     opset: int = DEFAULT_OPSET
     precision: str = "fp32"
+    max_text_bytes: int = TokenizerSettings.max_text_bytes
     prompt_name: str | None = None
     trust_remote_code: bool = False
 
@@ -92,7 +93,7 @@ def export_text(options: TextExportOptions) -> TextExport:
         write_tokenizer(
             staging / names.tokenizer,
             names.tokenizer,
-            text_model.tokenizer,
+            replace(text_model.tokenizer, max_text_bytes=options.max_text_bytes),
             TEXT,
             text_model.inputs,
             tokenizer_batching,

@@ -43,7 +43,8 @@ class PreprocessSettings:
     resize_mode: str = "shortest"
     fill_color: int = 0
     draft: bool = True
-    max_pixels: int = 89_478_485  # Pillow's own decompression-bomb limit
+    max_pixels: int = 89_478_485  # decoded size, Pillow's own decompression-bomb limit
+    max_bytes: int = 32 << 20  # encoded size
 
     def __post_init__(self) -> None:
         if self.interpolation not in _RESAMPLING or self.resize_mode not in RESIZE_MODES:
@@ -58,10 +59,12 @@ class PreprocessSettings:
         return cls(**values | {k: tuple(values[k]) for k in ("size", "mean", "std")})
 
 
-def image_bytes(value: bytes) -> bytes:
+def image_bytes(value: bytes, settings: PreprocessSettings) -> bytes:
     """The encoded file inside an IMAGE element: raw bytes, base64 of them, or a data URI."""
     if not value:
         raise ImageError("is empty")
+    if len(value) > settings.max_bytes:
+        raise ImageError(f"is {len(value)} bytes, more than the limit of {settings.max_bytes}")
     head = value[:16].lower()
     if head.startswith(b"data:"):
         header, _, payload = value.partition(b",")
@@ -167,5 +170,5 @@ def to_pixels(image: Image.Image, settings: PreprocessSettings) -> np.ndarray:
 
 def preprocess(value: bytes, settings: PreprocessSettings) -> np.ndarray:
     """An IMAGE element (raw, base64 or data URI) to normalized [3, H, W] pixels."""
-    image = decode(image_bytes(value), settings)
+    image = decode(image_bytes(value, settings), settings)
     return to_pixels(resize_and_crop(image, settings), settings)

@@ -17,10 +17,12 @@ import triton_python_backend_utils as pb_utils
 from tokenization import CLEANERS, load_tokenizer, token_arrays
 
 
-def _decode_texts(texts: np.ndarray, input_name: str) -> list[str]:
+def _decode_texts(texts: np.ndarray, input_name: str, max_bytes: int) -> list[str]:
     """Decode a [batch, 1] BYTES tensor; name the first bad element in the error."""
     decoded = []
     for index, raw in enumerate(texts.reshape(-1)):
+        if len(raw) > max_bytes:
+            raise ValueError(f"{input_name}[{index}] is {len(raw)} bytes, more than the limit of {max_bytes}")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as error:
@@ -39,6 +41,7 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.dtypes = {out["name"]: pb_utils.triton_string_to_numpy(out["data_type"]) for out in config["output"]}
         self.prefix = params.get("prefix", "")
+        self.max_text_bytes = int(params.get("max_text_bytes", 1 << 20))
         self.clean = CLEANERS[params.get("clean", "none")]
         folder = Path(args["model_repository"]) / args["model_version"]
         self.tokenizer = load_tokenizer(
@@ -55,7 +58,8 @@ class TritonPythonModel:
         for request in requests:
             tensor = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             try:
-                texts.append([self.clean(self.prefix + text) for text in _decode_texts(tensor, self.input_name)])
+                decoded = _decode_texts(tensor, self.input_name, self.max_text_bytes)
+                texts.append([self.clean(self.prefix + text) for text in decoded])
                 errors.append(None)
             except ValueError as error:
                 texts.append([])
