@@ -37,9 +37,13 @@ def stubs(group: int) -> Counter[str]:
 
 
 class StubWatchdog(threading.Thread):
-    """Every `interval` seconds: compare each model's live stubs with the last count; for a
-    model with fewer, that Triton still calls ready, reload it. A model unloaded on purpose
-    is not ready, so it is left alone; a model reloaded by someone else gets its stubs back."""
+    """Every `interval` seconds: count each model's live stubs against the most it has had
+    since it was last (re)loaded; for a model short of stubs that Triton still calls ready,
+    reload it. A model unloaded on purpose is not ready: its lower count is accepted.
+
+    The baseline is kept across passes, never re-read after a reload: a stub that dies while
+    another model is being reloaded is still noticed on the next pass. (A model someone else
+    reloads with fewer instances gets one needless reload, then its new count is accepted.)"""
 
     def __init__(
         self,
@@ -54,27 +58,31 @@ class StubWatchdog(threading.Thread):
         self.group, self.is_ready, self.reload, self.interval, self.say = group, is_ready, reload, interval, say
         self.stopping = threading.Event()
         self.reloads: list[str] = []
+        self.healthy: Counter[str] = Counter()  # model -> stubs it should have
 
     def run(self) -> None:
-        seen = stubs(self.group)
+        self.healthy = stubs(self.group)
         while not self.stopping.wait(self.interval):
-            now, failed = stubs(self.group), {}
-            for model, count in seen.items():
-                if now[model] < count and self._confirm(model, count):
-                    self.say(f"stub-watchdog: a stub of {model} died; reloading {model}")
-                    try:
-                        self.reload(model)
-                        self.reloads.append(model)
-                    except Exception as error:  # remember the count: the next pass tries again
-                        self.say(f"stub-watchdog: reloading {model} failed: {error}")
-                        failed[model] = count
-            seen = stubs(self.group) | Counter(failed)
+            now = stubs(self.group)
+            self.healthy |= now  # a model loaded, or given more instances
+            for model in [model for model, count in self.healthy.items() if now[model] < count]:
+                try:
+                    self._heal(model)
+                except Exception as error:  # the server busy or going away: try again next pass
+                    self.say(f"stub-watchdog: reloading {model} failed: {error}")
 
-    def _confirm(self, model: str, count: int) -> bool:
-        """Still short after a moment (not a reload in progress), and still served."""
-        if self.stopping.wait(self.interval):
-            return False
-        return stubs(self.group)[model] < count and self.is_ready(model)
+    def _heal(self, model: str) -> None:
+        if self.stopping.wait(self.interval):  # let a load or reload in progress catch up
+            return
+        if stubs(self.group)[model] >= self.healthy[model]:
+            return
+        if not self.is_ready(model):  # unloaded on purpose, or loading
+            self.healthy[model] = stubs(self.group)[model]
+            return
+        self.say(f"stub-watchdog: a stub of {model} died; reloading {model}")
+        self.reload(model)
+        self.reloads.append(model)
+        self.healthy[model] = stubs(self.group)[model]
 
     def stop(self) -> None:
         self.stopping.set()

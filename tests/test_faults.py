@@ -120,6 +120,29 @@ def test_killed_stub_gives_right_answers_or_clear_errors_then_comes_back(fault_s
     assert stubs(fault_server.process.pid)[step] == 1  # the dead stub was replaced, not duplicated
 
 
+def test_a_stub_dying_while_another_model_reloads_is_noticed(fault_server) -> None:
+    """The encoder's stub is killed while the watchdog is reloading the tokenizer: both come back."""
+    texts = payloads.short_texts(4, seed=2)
+    with EmbeddingClient(fault_server.options.grpc_url) as client:
+        expected = client.embed_text(TEXT.ensemble, texts)
+        os.kill(stub_pid(fault_server, TEXT.tokenizer), signal.SIGKILL)
+        killed = time.monotonic()
+        while fault_server._model_state(TEXT.tokenizer) == "READY":  # until the reload has begun
+            assert time.monotonic() - killed < RECOVERY_SECONDS, "the watchdog never reloaded the tokenizer"
+            time.sleep(0.02)
+        os.kill(stub_pid(fault_server, TEXT.encoder), signal.SIGKILL)
+        while True:
+            try:
+                np.testing.assert_allclose(client.embed_text(TEXT.ensemble, texts), expected, atol=1e-5, rtol=0)
+                break
+            except EmbeddingError:
+                assert time.monotonic() - killed < 2 * RECOVERY_SECONDS, "the pipeline did not come back"
+                time.sleep(0.1)
+    counts = stubs(fault_server.process.pid)
+    assert (counts[TEXT.tokenizer], counts[TEXT.encoder]) == (1, 1)
+    assert fault_server.watchdog.reloads[-2:] == [TEXT.tokenizer, TEXT.encoder]
+
+
 def test_server_restart_under_load(fault_server) -> None:
     """Clients see errors while the server is down, then recover; no call hangs."""
     options = fault_server.options
