@@ -70,7 +70,7 @@ bench-tools: .bench/infinity/bin/infinity_emb
 
 # Minutes of steady load, memory measured (tests/test_soak.py); SOAK_SECONDS=600 for longer.
 soak: $(VENV)/.installed-test
-	$(PY) -m pytest -m soak $(PYTEST_ARGS)
+	$(PY) -m pytest -m soak -rP $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
 	$(PY) -m ruff check export tests benchmarks locustfiles

@@ -73,7 +73,8 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
     parser.add_argument(
         "--queue-timeout-ms",
         type=int,
-        help="reject a request that waited this long in a step's queue; 0: never (default: 2000)",
+        help=f"reject a request that waited this long in a step's queue; 0: never "
+        f"(default: {_defaults('queue_timeout_ms')})",
     )
     parser.add_argument(
         "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"

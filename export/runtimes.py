@@ -41,8 +41,12 @@ class ServingDefaults:
     max_queue_delay_us: int
     encoder_instances: int
     tokenizer_instances: int
+    # Overload: a step lets 4 batches of one-item requests wait and rejects more at once. The
+    # timeout is only a backstop for requests that carry many items (the size bound counts
+    # requests): one full batch of long texts takes seconds on a CPU, and a request waiting
+    # 30 s has usually been given up by its client (common client and proxy timeouts: 30-60 s).
     queue_batches: int = 4  # max queue size, in batches of max_batch_size
-    queue_timeout_ms: int = 2000
+    queue_timeout_ms: int = 30_000
 
 
 _GPU = ServingDefaults(max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2)

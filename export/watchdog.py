@@ -72,13 +72,15 @@ class StubWatchdog(threading.Thread):
                     self.say(f"stub-watchdog: reloading {model} failed: {error}")
 
     def _heal(self, model: str) -> None:
+        """Readiness first, then the count: a model that is READY has all its stubs up, so a
+        short count then means a dead stub, not a load that finished in between."""
         if self.stopping.wait(self.interval):  # let a load or reload in progress catch up
-            return
-        if stubs(self.group)[model] >= self.healthy[model]:
             return
         if not self.is_ready(model):  # unloaded on purpose, or loading
             self.healthy[model] = stubs(self.group)[model]
             return
+        if stubs(self.group)[model] >= self.healthy[model] or not self.is_ready(model):
+            return  # whole again, or unloaded just now
         self.say(f"stub-watchdog: a stub of {model} died; reloading {model}")
         self.reload(model)
         self.reloads.append(model)

@@ -29,6 +29,8 @@ from tests.tiny_models import TINY_MODELS, TinyModel
 # be merged into one execution (what the bad-element-in-a-batch test needs).
 SLOW_BATCHING_DELAY_US = 200_000
 PROMPTED = "tiny-decoder-query"
+IMPATIENT = "tiny-bert-impatient"  # rejects a request after 50 ms in a queue
+IMPATIENT_TIMEOUT_MS = 50
 CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
 CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
 
@@ -64,6 +66,8 @@ def repository(
     decoder = str(tiny_models["tiny-decoder"].path)
     options = TextExportOptions(model=decoder, name=PROMPTED, repository=repo, prompt_name="query", max_length=16)
     export_text(options)
+    serving = ServingOptions(queue_timeout_ms=IMPATIENT_TIMEOUT_MS)
+    export_text(TextExportOptions(str(tiny_models["tiny-bert"].path), IMPATIENT, repo, serving=serving))
     for name, clip in clip_models.items():
         labels = CLIP_LABELS if name == "clip-vit-b-32" else ()
         options = ClipExportOptions(clip.arch, name, clip.pretrained, repo, labels=labels, templates=CLIP_TEMPLATES)

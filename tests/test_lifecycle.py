@@ -27,6 +27,7 @@ EXPECTED = {  # name: (kind, embedding size)
     "tiny-xlm-roberta": ("text", 32),
     "tiny-decoder": ("text", 24),
     "tiny-decoder-query": ("text", 24),
+    "tiny-bert-impatient": ("text", 32),
     "clip-vit-b-32": ("clip", 512),
     "clip-tiny": ("clip", 32),
 }

