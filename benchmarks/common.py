@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from export.model_config import read_config
+from export.perf_analyzer import measure
 from export.python_models.tokenizer.tokenization import token_arrays
 from export.python_steps import TokenizerSettings
 
@@ -50,6 +51,14 @@ def time_calls(call: Callable[[int], object], items_per_call: int, seconds: floa
     elapsed = time.perf_counter() - began
     ms = sorted(x * 1000 for x in latencies)
     return len(ms) * items_per_call / elapsed, statistics.median(ms), ms[int(0.99 * (len(ms) - 1))]
+
+
+def perf_row(system: str, model: str, url: str, input_file: Path, level: int, seconds: float, protocol: str) -> Row:
+    """perf_analyzer averages its last three stable windows: windows of half the time keep it
+    measuring about as long as the others (1.5x)."""
+    window = int(seconds * 500)
+    m, _ = measure(model, url, input_file, level, input_file.parent, protocol=protocol, measurement_ms=window)
+    return Row(system, level, m.per_second, m.p50_ms, m.p99_ms, m.client_cpu)
 
 
 def onnx_text_encoder(tokenizer_dir: Path, encoder_dir: Path) -> Callable[[list[str]], np.ndarray]:

@@ -29,11 +29,11 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks.common import CPUS, Row, chart, markdown, onnx_text_encoder, run_wrk, service, time_calls
+from benchmarks.common import CPUS, Row, chart, markdown, onnx_text_encoder, perf_row, run_wrk, service, time_calls
 from export import payloads
 from export.default_model import default_model_path
 from export.names import DEFAULT_TEXT_PIPELINE, TEXT, ClipPipelineNames, TextPipelineNames
-from export.perf_analyzer import measure, write_input_data
+from export.perf_analyzer import write_input_data
 from export.python_models.image_preprocess.image_processing import PreprocessSettings, preprocess
 from export.server import ServerOptions, TritonServer
 from tests.helpers import free_port
@@ -65,14 +65,6 @@ def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[
         rate, p50, p99 = time_calls(lambda i, pick=pick, b=batch: model.encode(pick(i), batch_size=b), batch, seconds)
         rows.append(Row(f"sentence-transformers in-process, batch {batch}", None, rate, p50, p99))
     return rows
-
-
-def perf_row(system: str, model: str, url: str, input_file: Path, level: int, seconds: float, protocol: str) -> Row:
-    """perf_analyzer averages its last three stable windows: windows of half the time keep it
-    measuring about as long as the others (1.5x)."""
-    window = int(seconds * 500)
-    m, _ = measure(model, url, input_file, level, input_file.parent, protocol=protocol, measurement_ms=window)
-    return Row(system, level, m.per_second, m.p50_ms, m.p99_ms, m.client_cpu)
 
 
 def served_text(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:

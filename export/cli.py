@@ -79,6 +79,18 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
     parser.add_argument(
         "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
     )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        help="python runtime: run a merged batch in groups of similar length, each within this many "
+        f"token positions; 0: one group (default: {DEFAULTS['python'].max_batch_tokens})",
+    )
+    parser.add_argument(
+        "--intra-op-spinning",
+        action=argparse.BooleanOptionalAction,
+        help="python runtime: onnxruntime threads busy-wait between parallel sections "
+        f"(default: {'on' if DEFAULTS['python'].intra_op_spinning else 'off'})",
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     parser.add_argument(
         "--precision",
@@ -105,6 +117,8 @@ def _serving_options(args: argparse.Namespace, step_instances: int | None) -> Se
         max_queue_size=args.max_queue_size,
         queue_timeout_ms=args.queue_timeout_ms,
         intra_op_threads=args.intra_op_threads,
+        max_batch_tokens=args.max_batch_tokens,
+        intra_op_spinning=args.intra_op_spinning,
         tensorrt=args.tensorrt,
         tensorrt_fp16=args.tensorrt_fp16,
         tensorrt_cache=args.tensorrt_cache,

@@ -24,7 +24,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export import model_config
 from export.errors import InvalidArgumentError
 from export.model_config import Batching
-from export.names import TensorSpec
+from export.names import ATTENTION_MASK, TensorSpec
 from export.repository import add_python_model, version_dir
 
 ONNX_FILE = "model.onnx"
@@ -47,6 +47,10 @@ class ServingDefaults:
     # 30 s has usually been given up by its client (common client and proxy timeouts: 30-60 s).
     queue_batches: int = 4  # max queue size, in batches of max_batch_size
     queue_timeout_ms: int = 30_000
+    # python runtime: a merged batch runs in groups of similar length, each within this many
+    # token positions (rows x longest row); see python_models/onnx_encoder/padding.py.
+    max_batch_tokens: int = 512
+    intra_op_spinning: bool = False  # python runtime: onnxruntime threads busy-wait for work
 
 
 _GPU = ServingDefaults(max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2)
@@ -89,6 +93,8 @@ class ServingOptions:
     max_queue_size: int | None = None
     queue_timeout_ms: int | None = None
     intra_op_threads: int = 0
+    max_batch_tokens: int | None = None
+    intra_op_spinning: bool | None = None
     tensorrt: bool = False
     tensorrt_fp16: bool = False
     tensorrt_cache: str | None = None
@@ -156,6 +162,12 @@ class EncoderModel:
         return warmups
 
 
+def _python_default(serving: ServingOptions, field: str):
+    """`serving.<field>`, else the python runtime's default."""
+    value = getattr(serving, field)
+    return getattr(DEFAULTS["python"], field) if value is None else value
+
+
 def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
     """onnxruntime inside a Python-backend model.
 
@@ -169,8 +181,12 @@ def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptio
         "pad_values": json.dumps(dict(encoder.pad_values)),
         "padding_side": encoder.padding_side,
         "intra_op_threads": str(serving.intra_op_threads),
+        "intra_op_spinning": "1" if _python_default(serving, "intra_op_spinning") else "0",
     }
     ragged = encoder.sequence is not None
+    if ragged and ATTENTION_MASK.name in {spec.name for spec in encoder.inputs}:
+        parameters["length_input"] = ATTENTION_MASK.name
+        parameters["max_batch_tokens"] = str(_python_default(serving, "max_batch_tokens"))
     inputs = [model_config.model_input(spec, ragged=ragged) for spec in encoder.inputs]
     config = model_config.python_model(encoder.name, inputs, [encoder.output], encoder.batching, parameters)
     typical = encoder.sequence[1] if ragged else 0

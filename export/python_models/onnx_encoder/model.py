@@ -1,8 +1,9 @@
 """Triton Python-backend model: an ONNX encoder run by onnxruntime on the CPU.
 
 Loads the ONNX file export wrote beside this file. Inputs are ragged in the config, so the
-dynamic batcher may hand over requests of different sequence lengths: they are padded to the
-longest (with the pad values export stored) and run as one batch, then split back.
+dynamic batcher may hand over requests of different sequence lengths: they are merged, then
+run in groups of similar length, each padded to its own longest row (padding.py), and the
+embeddings are put back in request order.
 """
 
 from __future__ import annotations
@@ -14,28 +15,17 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from padding import extents, length_groups, pad_concat, trim
 
 
-def _session(path: Path, intra_op_threads: int) -> ort.InferenceSession:
+def _session(path: Path, intra_op_threads: int, spinning: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads or len(os.sched_getaffinity(0))
     options.inter_op_num_threads = 1
-    # Spinning threads would steal the CPU from the tokenizer stub and Triton between batches.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # Spinning threads answer faster between the graph's parallel sections, but busy-wait on
+    # cores the tokenizer stub and Triton need: export measures and picks (docs/performance.md).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
-def _pad_concat(arrays: list[np.ndarray], value: int, left: bool) -> np.ndarray:
-    length = max(a.shape[1] for a in arrays)
-    if all(a.shape[1] == length for a in arrays):
-        return np.concatenate(arrays)
-    out = np.full((sum(len(a) for a in arrays), length), value, dtype=arrays[0].dtype)
-    row = 0
-    for a in arrays:
-        columns = slice(length - a.shape[1], length) if left else slice(0, a.shape[1])
-        out[row : row + len(a), columns] = a
-        row += len(a)
-    return out
 
 
 def _invalid(message: str):
@@ -50,8 +40,11 @@ class TritonPythonModel:
         self.output_name = config["output"][0]["name"]
         self.pad_values = json.loads(params["pad_values"])
         self.left = params["padding_side"] == "left"
+        self.length_input = params.get("length_input", "")  # the attention mask, for token inputs
+        self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.session = _session(folder / params["onnx_file"], int(params["intra_op_threads"]))
+        spinning = params.get("intra_op_spinning", "0") == "1"
+        self.session = _session(folder / params["onnx_file"], int(params["intra_op_threads"]), spinning)
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
@@ -70,9 +63,9 @@ class TritonPythonModel:
             return responses
 
         sizes = [len(array) for array in feeds[self.input_names[0]]]
-        batch = {name: _pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
+        batch = {name: pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
         try:
-            (embeddings,) = self.session.run([self.output_name], batch)
+            embeddings = self._run(batch)
         except Exception as error:  # onnxruntime has its own exception types; fail this batch only
             failure = pb_utils.TritonError(f"encoder failed: {error}")
             for index in accepted:
@@ -81,3 +74,18 @@ class TritonPythonModel:
         for index, part in zip(accepted, np.split(embeddings, np.cumsum(sizes)[:-1]), strict=True):
             responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
         return responses
+
+    def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """One session run, or one per length group for token inputs, in the batch's row order."""
+        if not self.length_input:
+            return self.session.run([self.output_name], batch)[0]
+        lengths = extents(batch[self.length_input], self.left)
+        groups = length_groups(lengths, self.max_batch_tokens)
+        if len(groups) == 1 and lengths.max() == batch[self.length_input].shape[1]:
+            return self.session.run([self.output_name], batch)[0]
+        out = None
+        for rows in groups:
+            (part,) = self.session.run([self.output_name], trim(batch, rows, int(lengths[rows].max()), self.left))
+            out = np.empty((len(lengths), *part.shape[1:]), part.dtype) if out is None else out
+            out[rows] = part
+        return out
