@@ -279,7 +279,9 @@ class TritonServer:
     def start_watchdog(self) -> None:
         """Reload any model whose Python-backend stub dies (export/watchdog.py)."""
         if self.options.restart_dead_stubs and self.process is not None and self.watchdog is None:
-            self.watchdog = StubWatchdog(self.process.pid, self._model_ready, self._reload, say=self._say)
+            self.watchdog = StubWatchdog(
+                self.process.pid, self._model_ready, self._reload, self._instances, say=self._say
+            )
             self.watchdog.start()
 
     def _repository_call(self, path: str) -> bytes:
@@ -296,6 +298,13 @@ class TritonServer:
 
     def _model_ready(self, model: str) -> bool:
         return self._model_state(model) == "READY"
+
+    def _instances(self, model: str) -> int:
+        """Instances the model's config asks for: one stub each on this CPU server."""
+        url = f"http://{self.options.http_url}/v2/models/{model}/config"
+        with urllib.request.urlopen(url, timeout=60) as response:
+            config = json.loads(response.read())
+        return sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
 
     def _reload(self, model: str, timeout: float = 30.0) -> None:
         """Unload, then load again once the unload has begun. (A plain `load` of an unchanged

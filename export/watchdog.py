@@ -38,24 +38,27 @@ def stubs(group: int) -> Counter[str]:
 
 class StubWatchdog(threading.Thread):
     """Every `interval` seconds: count each model's live stubs against the most it has had
-    since it was last (re)loaded; for a model short of stubs that Triton still calls ready,
-    reload it. A model unloaded on purpose is not ready: its lower count is accepted.
+    since it was last (re)loaded. A drop is only a trigger: the model is reloaded if Triton
+    still calls it ready and it has fewer stubs than its config's instance count (a model
+    unloaded on purpose is not ready; an unload followed at once by a load briefly shows the
+    old stub beside the new one, which is not a loss).
 
     The baseline is kept across passes, never re-read after a reload: a stub that dies while
-    another model is being reloaded is still noticed on the next pass. (A model someone else
-    reloads with fewer instances gets one needless reload, then its new count is accepted.)"""
+    another model is being reloaded is still noticed on the next pass."""
 
     def __init__(
         self,
         group: int,
         is_ready: Callable[[str], bool],
         reload: Callable[[str], None],
+        instances: Callable[[str], int],
         *,
         interval: float = 0.5,
         say: Callable[[str], None] = print,
     ) -> None:
         super().__init__(name="stub-watchdog", daemon=True)
-        self.group, self.is_ready, self.reload, self.interval, self.say = group, is_ready, reload, interval, say
+        self.group, self.is_ready, self.reload, self.instances = group, is_ready, reload, instances
+        self.interval, self.say = interval, say
         self.stopping = threading.Event()
         self.reloads: list[str] = []
         self.healthy: Counter[str] = Counter()  # model -> stubs it should have
@@ -79,8 +82,10 @@ class StubWatchdog(threading.Thread):
         if not self.is_ready(model):  # unloaded on purpose, or loading
             self.healthy[model] = stubs(self.group)[model]
             return
-        if stubs(self.group)[model] >= self.healthy[model] or not self.is_ready(model):
-            return  # whole again, or unloaded just now
+        live = stubs(self.group)[model]
+        if live >= self.instances(model) or not self.is_ready(model):
+            self.healthy[model] = live  # whole (an old instance's stub has exited), or unloaded just now
+            return
         self.say(f"stub-watchdog: a stub of {model} died; reloading {model}")
         self.reload(model)
         self.reloads.append(model)

@@ -143,6 +143,22 @@ def test_a_stub_dying_while_another_model_reloads_is_noticed(fault_server) -> No
     assert fault_server.watchdog.reloads[-2:] == [TEXT.tokenizer, TEXT.encoder]
 
 
+def test_unload_then_load_is_not_taken_for_a_dead_stub(fault_server) -> None:
+    """An operator's unload and immediate load (old stubs still exiting beside the new ones)
+    must not make the watchdog reload anything."""
+    base = f"http://{fault_server.options.http_url}/v2/repository/models/{TEXT.ensemble}"
+    reloads = len(fault_server.watchdog.reloads)
+    for _ in range(5):
+        body = json.dumps({"parameters": {"unload_dependents": True}}).encode()
+        urllib.request.urlopen(urllib.request.Request(f"{base}/unload", body, method="POST"), timeout=120).read()
+        urllib.request.urlopen(urllib.request.Request(f"{base}/load", b"{}", method="POST"), timeout=120).read()
+    time.sleep(3)  # several watchdog passes
+    assert fault_server.watchdog.reloads[reloads:] == []
+    assert all(fault_server._model_ready(model) for model in TEXT.models)
+    with EmbeddingClient(fault_server.options.grpc_url) as client:
+        assert client.embed_text(TEXT.ensemble, ["still served"]).shape == (1, 32)
+
+
 def test_server_restart_under_load(fault_server) -> None:
     """Clients see errors while the server is down, then recover; no call hangs."""
     options = fault_server.options
