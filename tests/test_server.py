@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import tritonclient.http as httpclient
 
+from export.model_config import read_config
 from export.server import ServerError, ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
 from tests.helpers import embed_http, free_port
@@ -72,7 +73,9 @@ def test_serve_runs_answers_and_stops_without_leftovers(small_repository: Path, 
 
         (triton,) = children(serve.pid)
         group = process_group(triton)  # tritonserver leads its own group; stubs join it
-        assert "tritonserver" in group and sum(name.startswith("triton_python") for name in group) == 2
+        configs = [read_config(folder) for folder in small_repository.iterdir() if (folder / "config.pbtxt").is_file()]
+        python_stubs = sum(g.count for c in configs if c.backend == "python" for g in c.instance_group)
+        assert "tritonserver" in group and sum(name.startswith("triton_python") for name in group) == python_stubs
 
         client = httpclient.InferenceServerClient(f"127.0.0.1:{args[1]}")
         assert embed_http(client, PIPELINE, ["hello"], binary=True).shape == (1, 32)
