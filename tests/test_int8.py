@@ -1,0 +1,78 @@
+"""`--precision int8`: the quality bar of issue 6, through the served pipeline.
+
+Bar: cosine >= 0.99 for every one of 1,000 varied texts against the fp32 sentence-transformers
+embedding, and top-10 neighbour overlap >= 0.9 on a retrieval set (200 queries over 800
+documents). int8 is lossy by design; measured here: min cosine about 0.996, overlap about 0.95.
+Speed is a benchmark, not a test (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from export.errors import InvalidArgumentError
+from export.precision import check_precision
+from export.runtimes import ONNX_FILE
+from tests.conftest import INT8
+from tests.helpers import cosine, embed_many
+from tests.texts import corpus
+
+MIN_COSINE = 0.99
+MIN_TOP10_OVERLAP = 0.9
+QUERIES = 200  # of the 1,000 texts; the other 800 are the documents
+
+
+@pytest.fixture(scope="module")
+def texts() -> list[str]:
+    return corpus(1000)
+
+
+@pytest.fixture(scope="module")
+def served(grpc_client, texts: list[str]) -> np.ndarray:
+    return embed_many(grpc_client, INT8, texts)
+
+
+@pytest.fixture(scope="module")
+def reference(default_st_model: SentenceTransformer, texts: list[str]) -> np.ndarray:
+    return default_st_model.encode(texts, batch_size=64)
+
+
+def test_every_text_keeps_cosine_099(served: np.ndarray, reference: np.ndarray, texts: list[str]) -> None:
+    similarity = cosine(served, reference)
+    worst = int(np.argmin(similarity))
+    assert similarity.min() >= MIN_COSINE, f"cosine {similarity[worst]:.4f} for {texts[worst][:60]!r}"
+    # Lossy, so not identical: if it were, the graph would not be quantized.
+    assert similarity.mean() < 0.99999
+
+
+def top10(embeddings: np.ndarray) -> np.ndarray:
+    queries, documents = embeddings[:QUERIES], embeddings[QUERIES:]
+    return np.argsort(-(queries @ documents.T), axis=1)[:, :10]
+
+
+def test_retrieval_keeps_top10_neighbours(served: np.ndarray, reference: np.ndarray) -> None:
+    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    overlap = [len(set(a) & set(b)) / 10 for a, b in zip(top10(served), top10(reference), strict=True)]
+    assert np.mean(overlap) >= MIN_TOP10_OVERLAP, f"top-10 overlap {np.mean(overlap):.3f}"
+
+
+def test_the_served_graph_is_int8_except_the_down_projections(repository: Path) -> None:
+    graph = onnx.load(str(repository / f"{INT8}_encoder" / "1" / ONNX_FILE)).graph
+    ops = [node.op_type for node in graph.node]
+    weights = {init.name: tuple(init.dims) for init in graph.initializer}
+    float_matmuls = [weights[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    # MiniLM: 6 layers x (Q, K, V, attention output, FFN in) quantized, 6 FFN outputs kept fp32.
+    assert ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul") == 30
+    assert float_matmuls == [(1536, 384)] * 6
+    assert ops.count("Mul") > 0 and any(name.endswith("_smooth_scale") for name in weights)
+
+
+@pytest.mark.parametrize(("kind", "runtime"), [("clip", "python"), ("text", "onnxruntime"), ("text", "tensorrt")])
+def test_int8_is_refused_where_it_cannot_run(kind: str, runtime: str) -> None:
+    with pytest.raises(InvalidArgumentError, match=f"int8 is for text pipelines on the python runtime.*{runtime}"):
+        check_precision("int8", kind=kind, runtime=runtime)
