@@ -13,15 +13,26 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 STUB = "triton_python_backend_stub"
 
 
-def stubs(group: int) -> Counter[str]:
-    """Live stub processes of process group `group`, counted per model (read from /proc: a
-    stub's second argument is its model.py, in <repository>/<model>/<version>/)."""
-    counts: Counter[str] = Counter()
+@dataclass(frozen=True)
+class Stub:
+    """One live stub process: which model instance it serves, and when it started."""
+
+    model: str
+    instance: str  # <model>_<group>_<index>: the same name again after a reload
+    pid: int
+    started: int  # clock ticks since boot: tells a reload's new stub from the one it replaces
+
+
+def stubs(group: int) -> list[Stub]:
+    """Live stub processes of process group `group`, read from /proc: a stub's arguments are
+    its model.py (in <repository>/<model>/<version>/), ..., its instance name (the 8th)."""
+    found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -30,18 +41,24 @@ def stubs(group: int) -> Counter[str]:
             args = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:  # gone meanwhile
             continue
-        state, _, pgrp = stat.rsplit(")", 1)[1].split()[:3]
-        if int(pgrp) == group and state not in "ZX" and args[0].endswith(STUB.encode()) and len(args) > 1:
-            counts[Path(args[1].decode()).parent.parent.name] += 1
-    return counts
+        fields = stat.rsplit(")", 1)[1].split()
+        state, pgrp, started = fields[0], int(fields[2]), int(fields[19])
+        if pgrp == group and state not in "ZX" and args[0].endswith(STUB.encode()) and len(args) > 8:
+            model = Path(args[1].decode()).parent.parent.name
+            found.append(Stub(model, args[8].decode(), int(proc.name), started))
+    return found
 
 
 class StubWatchdog(threading.Thread):
-    """Every `interval` seconds: count each model's live stubs against the most it has had
-    since it was last (re)loaded. A drop is only a trigger: the model is reloaded if Triton
-    still calls it ready and it has fewer stubs than its config's instance count (a model
-    unloaded on purpose is not ready; an unload followed at once by a load briefly shows the
-    old stub beside the new one, which is not a loss).
+    """Every `interval` seconds: count each model's instances whose newest stub is alive,
+    against the most it has had since it was last (re)loaded. A drop is only a trigger: the
+    model is reloaded if Triton still calls it ready and it has fewer live instances than its
+    config's instance count (a model unloaded on purpose is not ready).
+
+    Instances, not processes, because a reload's old stubs outlive it: after an unload and
+    load, or a reload of a model with two instances, Triton keeps an old stub beside the new
+    ones for up to a minute. Counting processes, that old stub hid the death of a new one.
+    Each instance counts by its newest stub only.
 
     The baseline is kept across passes, never re-read after a reload: a stub that dies while
     another model is being reloaded is still noticed on the next pass."""
@@ -61,12 +78,30 @@ class StubWatchdog(threading.Thread):
         self.interval, self.say = interval, say
         self.stopping = threading.Event()
         self.reloads: list[str] = []
-        self.healthy: Counter[str] = Counter()  # model -> stubs it should have
+        self.healthy: Counter[str] = Counter()  # model -> live instances it should have
+        self.newest: dict[tuple[str, str], Stub] = {}  # (model, instance) -> its newest stub seen
+
+    def live(self) -> Counter[str]:
+        """Per model, the instances whose newest stub is alive."""
+        alive = stubs(self.group)
+        for stub in alive:
+            known = self.newest.get((stub.model, stub.instance))
+            if known is None or stub.started > known.started:
+                self.newest[stub.model, stub.instance] = stub
+        alive_set = set(alive)
+        return Counter(model for (model, _), stub in self.newest.items() if stub in alive_set)
+
+    def forget(self, model: str) -> None:
+        """Drop the model's dead instances: unloaded, or loaded again with fewer of them."""
+        alive = set(stubs(self.group))
+        for key in [key for key, stub in self.newest.items() if key[0] == model and stub not in alive]:
+            del self.newest[key]
+        self.healthy[model] = self.live()[model]
 
     def run(self) -> None:
-        self.healthy = stubs(self.group)
+        self.healthy = self.live()
         while not self.stopping.wait(self.interval):
-            now = stubs(self.group)
+            now = self.live()
             self.healthy |= now  # a model loaded, or given more instances
             for model in [model for model, count in self.healthy.items() if now[model] < count]:
                 try:
@@ -80,16 +115,16 @@ class StubWatchdog(threading.Thread):
         if self.stopping.wait(self.interval):  # let a load or reload in progress catch up
             return
         if not self.is_ready(model):  # unloaded on purpose, or loading
-            self.healthy[model] = stubs(self.group)[model]
+            self.forget(model)
             return
-        live = stubs(self.group)[model]
+        live = self.live()[model]
         if live >= self.instances(model) or not self.is_ready(model):
-            self.healthy[model] = live  # whole (an old instance's stub has exited), or unloaded just now
+            self.forget(model)  # whole (loaded again with fewer instances), or unloaded just now
             return
         self.say(f"stub-watchdog: a stub of {model} died; reloading {model}")
         self.reload(model)
         self.reloads.append(model)
-        self.healthy[model] = stubs(self.group)[model]
+        self.healthy[model] = self.live()[model]
 
     def stop(self) -> None:
         self.stopping.set()

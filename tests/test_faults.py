@@ -31,7 +31,7 @@ from export.clip_pipeline import ClipExportOptions, export_clip
 from export.names import ClipPipelineNames, TextPipelineNames
 from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
-from export.watchdog import stubs
+from export.watchdog import Stub, stubs
 from tests.helpers import free_port
 
 RECOVERY_SECONDS = 15
@@ -59,31 +59,29 @@ def fault_server(tmp_path_factory: pytest.TempPathFactory, tiny_models, clip_mod
         yield server
 
 
-def stub_pid(server: TritonServer, model: str) -> int:
-    for proc in Path("/proc").iterdir():
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if proc.name.isdigit() and len(args) > 1 and f"/{model}/".encode() in args[1] and args[0].endswith(b"_stub"):
-            return int(proc.name)
-    raise AssertionError(f"no stub for {model}")
+def a_stub(server: TritonServer, model: str) -> Stub:
+    """The model's newest stub: one that serves, not an old one a reload left exiting."""
+    found = [stub for stub in stubs(server.process.pid) if stub.model == model]
+    assert found, f"no stub for {model}"
+    return max(found, key=lambda stub: stub.started)
 
 
-def settled(server: TritonServer, model: str, seconds: float = 2 * RECOVERY_SECONDS) -> bool:
-    """Whether `model` gets back to exactly its configured stubs (a reload's old stubs exit
-    a moment after the new ones start)."""
+def settled(server: TritonServer, model: str, killed: Stub, seconds: float = 2 * RECOVERY_SECONDS) -> bool:
+    """Whether every configured instance of `model` has a live stub started after `killed`
+    (a reload's old stubs may linger beside the new ones for a while: they do not count)."""
     deadline = time.monotonic() + seconds
-    while stubs(server.process.pid)[model] != server._instances(model):
+    while True:
+        instances = {s.instance for s in stubs(server.process.pid) if s.model == model and s.started > killed.started}
+        if len(instances) == server._instances(model):
+            return True
         if time.monotonic() > deadline:
             return False
         time.sleep(0.1)
-    return True
 
 
 async def kill_under_load(server: TritonServer, ensemble: str, step: str, items: list, expected: np.ndarray):
     """300 requests in flight, one stub killed; returns (outcomes, seconds until served
-    again, whether the server itself died). Triton 2.51 sometimes aborts while the watchdog
+    again, whether the server itself died, the stub killed). Triton 2.51 sometimes aborts while the watchdog
     reloads the model (boost::interprocess::lock_exception on the dead stub's shared-memory
     mutex; seen once in about ten runs): then, as `serve` does, the server is restarted."""
     crashed = False
@@ -98,7 +96,8 @@ async def kill_under_load(server: TritonServer, ensemble: str, step: str, items:
 
         tasks = [asyncio.create_task(one(i)) for i in range(300)]
         await asyncio.sleep(0.2)
-        os.kill(stub_pid(server, step), signal.SIGKILL)
+        victim = a_stub(server, step)
+        os.kill(victim.pid, signal.SIGKILL)
         killed = time.monotonic()
         outcomes = await asyncio.gather(*tasks)
         while time.monotonic() - killed < RESTART_SECONDS:
@@ -109,10 +108,10 @@ async def kill_under_load(server: TritonServer, ensemble: str, step: str, items:
             try:
                 served = (await embed(ensemble, [items[0]]))[0]
                 np.testing.assert_allclose(served, expected[0], atol=1e-5, rtol=0)
-                return outcomes, time.monotonic() - killed, crashed
+                return outcomes, time.monotonic() - killed, crashed, victim
             except EmbeddingError:
                 await asyncio.sleep(0.1)
-        return outcomes, float("inf"), crashed
+        return outcomes, float("inf"), crashed, victim
 
 
 @pytest.mark.parametrize(
@@ -129,7 +128,7 @@ def test_killed_stub_gives_right_answers_or_clear_errors_then_comes_back(fault_s
         embed = client.embed_text if kind == "text" else client.embed_image
         expected = np.concatenate([embed(ensemble, [item]) for item in items])
 
-    outcomes, recovery, crashed = asyncio.run(kill_under_load(fault_server, ensemble, step, items, expected))
+    outcomes, recovery, crashed, victim = asyncio.run(kill_under_load(fault_server, ensemble, step, items, expected))
     for index, outcome in outcomes:
         if isinstance(outcome, EmbeddingError):
             reasons = CLEAR_ERRORS + (CRASH_ERRORS if crashed else ())
@@ -137,7 +136,7 @@ def test_killed_stub_gives_right_answers_or_clear_errors_then_comes_back(fault_s
         else:
             np.testing.assert_allclose(outcome, expected[index % len(items)], atol=1e-5, rtol=0)
     assert recovery <= (RESTART_SECONDS if crashed else RECOVERY_SECONDS)
-    assert settled(fault_server, step)  # the dead stub replaced, not duplicated
+    assert settled(fault_server, step, victim)  # every instance back, not only the one that answered
     assert crashed or step in fault_server.watchdog.reloads
 
 
@@ -146,12 +145,13 @@ def test_a_stub_dying_while_another_model_reloads_is_noticed(fault_server) -> No
     texts = payloads.short_texts(4, seed=2)
     with EmbeddingClient(fault_server.options.grpc_url) as client:
         expected = client.embed_text(TEXT.ensemble, texts)
-        os.kill(stub_pid(fault_server, TEXT.tokenizer), signal.SIGKILL)
+        victims = {step: a_stub(fault_server, step) for step in (TEXT.tokenizer, TEXT.encoder)}
+        os.kill(victims[TEXT.tokenizer].pid, signal.SIGKILL)
         killed = time.monotonic()
         while fault_server._model_state(TEXT.tokenizer) == "READY":  # until the reload has begun
             assert time.monotonic() - killed < RECOVERY_SECONDS, "the watchdog never reloaded the tokenizer"
             time.sleep(0.02)
-        os.kill(stub_pid(fault_server, TEXT.encoder), signal.SIGKILL)
+        os.kill(victims[TEXT.encoder].pid, signal.SIGKILL)
         while True:
             try:
                 np.testing.assert_allclose(client.embed_text(TEXT.ensemble, texts), expected, atol=1e-5, rtol=0)
@@ -164,7 +164,7 @@ def test_a_stub_dying_while_another_model_reloads_is_noticed(fault_server) -> No
         assert time.monotonic() - killed < 2 * RECOVERY_SECONDS, fault_server.watchdog.reloads
         time.sleep(0.1)
     for step in (TEXT.tokenizer, TEXT.encoder):
-        assert settled(fault_server, step), f"{step} was not brought back to its instance count"
+        assert settled(fault_server, step, victims[step]), f"{step} was not brought back to its instance count"
 
 
 def test_unload_then_load_is_not_taken_for_a_dead_stub(fault_server) -> None:
