@@ -1,10 +1,12 @@
 """Side by side, in one run on one machine: this project's pipelines and the alternatives.
 
-Text: all-MiniLM-L6-v2 (its offline copy), fp32, 6-18 word texts, one text per request, at
-each concurrency:
-  1. onnxruntime in-process on the exported encoder, tokenization included, batch 1 and 32;
+Text: all-MiniLM-L6-v2 (its offline copy), fp32 (and int8 where said), 6-18 word texts, one
+text per request, at each concurrency:
+  1. onnxruntime in-process on the exported encoders (fp32, int8), tokenization included,
+     batch 1 and 32;
   2. sentence-transformers in-process (`encode`), batch 1 and 32;
-  3. this project's ensemble over gRPC and HTTP (perf_analyzer), and HTTP JSON (wrk);
+  3. this project's ensemble over gRPC and HTTP (perf_analyzer), and HTTP JSON (wrk); the
+     int8 pipeline over gRPC;
   4. a minimal FastAPI gateway in front of the same Triton (benchmarks/fastapi_gateway.py),
      tokenizing in the gateway (wrk);
   5. infinity-emb serving the same local folder on the CPU (wrk; `make bench-tools` installs
@@ -32,7 +34,7 @@ from pathlib import Path
 from benchmarks.common import CPUS, Row, chart, markdown, onnx_text_encoder, perf_row, run_wrk, service, time_calls
 from export import payloads
 from export.default_model import default_model_path
-from export.names import DEFAULT_TEXT_PIPELINE, TEXT, ClipPipelineNames, TextPipelineNames
+from export.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE, TEXT, ClipPipelineNames, TextPipelineNames
 from export.perf_analyzer import write_input_data
 from export.python_models.image_preprocess.image_processing import PreprocessSettings, preprocess
 from export.server import ServerOptions, TritonServer
@@ -41,6 +43,7 @@ from tests.helpers import free_port
 Load = Callable[[int], list[Row]]  # one system, measured at one concurrency
 INFINITY = Path(__file__).resolve().parent.parent / ".bench" / "infinity" / "bin" / "infinity_emb"
 CLIP = ClipPipelineNames("clip-vit-b-32")
+INT8 = TextPipelineNames(DEFAULT_INT8_PIPELINE)
 
 
 def export_models(repository: Path) -> None:
@@ -48,20 +51,24 @@ def export_models(repository: Path) -> None:
     from export.text_pipeline import TextExportOptions, export_text
 
     export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
+    export_text(TextExportOptions(str(default_model_path()), DEFAULT_INT8_PIPELINE, repository, precision="int8"))
     export_clip(ClipExportOptions("ViT-B-32", CLIP.name, "none", repository))
 
 
 def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[Row]:
     from sentence_transformers import SentenceTransformer
 
-    names = TextPipelineNames(DEFAULT_TEXT_PIPELINE)
-    encode = onnx_text_encoder(repository / names.tokenizer, repository / names.encoder)
+    encoders = {
+        label: onnx_text_encoder(repository / names.tokenizer, repository / names.encoder)
+        for label, names in (("", TextPipelineNames(DEFAULT_TEXT_PIPELINE)), (" int8", INT8))
+    }
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     rows = []
     for batch in (1, 32):
         pick = batches(texts, batch)
-        rate, p50, p99 = time_calls(lambda i, pick=pick: encode(pick(i)), batch, seconds)
-        rows.append(Row(f"onnxruntime in-process, batch {batch}", None, rate, p50, p99))
+        for label, encode in encoders.items():
+            rate, p50, p99 = time_calls(lambda i, pick=pick, encode=encode: encode(pick(i)), batch, seconds)
+            rows.append(Row(f"onnxruntime{label} in-process, batch {batch}", None, rate, p50, p99))
         rate, p50, p99 = time_calls(lambda i, pick=pick, b=batch: model.encode(pick(i), batch_size=b), batch, seconds)
         rows.append(Row(f"sentence-transformers in-process, batch {batch}", None, rate, p50, p99))
     return rows
@@ -78,6 +85,8 @@ def served_text(server: TritonServer, texts: list[str], seconds: float, work: Pa
         for protocol, url in (("grpc", server.options.grpc_url), ("http", server.options.http_url)):
             system = f"Triton {protocol} (perf_analyzer)"
             rows.append(perf_row(system, DEFAULT_TEXT_PIPELINE, url, input_file, level, seconds, protocol))
+        int8 = "Triton grpc int8 (perf_analyzer)"
+        rows.append(perf_row(int8, INT8.ensemble, server.options.grpc_url, input_file, level, seconds, "grpc"))
         return [*rows, run_wrk("Triton HTTP JSON (wrk)", infer_url, bodies, level, seconds)]
 
     return load

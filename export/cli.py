@@ -91,6 +91,12 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
         help="python runtime: onnxruntime threads busy-wait between parallel sections "
         f"(default: {'on' if DEFAULTS['python'].intra_op_spinning else 'off'})",
     )
+    parser.add_argument(
+        "--response-cache",
+        action=argparse.BooleanOptionalAction,
+        help="ensembles answer a request identical to an earlier one from the server's cache (serve --cache-mb) "
+        f"(default: {'on' if DEFAULTS['python'].response_cache else 'off'})",
+    )
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     parser.add_argument(
         "--precision",
@@ -120,6 +126,7 @@ def _serving_options(args: argparse.Namespace, step_instances: int | None) -> Se
         intra_op_threads=args.intra_op_threads,
         max_batch_tokens=args.max_batch_tokens,
         intra_op_spinning=args.intra_op_spinning,
+        response_cache=args.response_cache,
         tensorrt=args.tensorrt,
         tensorrt_fp16=args.tensorrt_fp16,
         tensorrt_cache=args.tensorrt_cache,
@@ -324,6 +331,13 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.add_argument("--log-verbose", type=int, default=0)
     serve.add_argument(
+        "--cache-mb",
+        type=int,
+        default=ServerOptions.cache_mb,
+        help="response cache for ensembles exported with --response-cache; 0: none "
+        f"(default: {ServerOptions.cache_mb})",
+    )
+    serve.add_argument(
         "--admin-key",
         default=os.environ.get("TRITON_ADMIN_KEY"),
         help="require this key (header admin-key) for the repository, logging, trace and shared-memory "
@@ -371,6 +385,7 @@ def _run_serve(args: argparse.Namespace) -> int:
         load_models=tuple(args.load_model),
         log_verbose=args.log_verbose,
         admin_key=args.admin_key,
+        cache_mb=args.cache_mb,
     )
     server = TritonServer(options)  # its log goes to our stdout
     signal.signal(signal.SIGTERM, _interrupt)

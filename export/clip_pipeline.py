@@ -130,14 +130,19 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
         write_image_preprocess(
             staging / names.image_preprocess, names.image_preprocess, preprocess, IMAGE, pixels, python_batching
         )
-        _write_ensembles(staging, names, clip, encoder_batching.max_batch_size, record)
+        _write_ensembles(staging, names, clip, encoder_batching.max_batch_size, record, options.serving.cache())
         if classify:
             _write_classify(staging, names, clip, options, python_batching, record)
     return ClipExport(record, options.labels, text_agreement, image_agreement, options.repository)
 
 
 def _write_ensembles(
-    staging: Path, names: ClipPipelineNames, clip: ClipModel, max_batch_size: int, record: PipelineRecord
+    staging: Path,
+    names: ClipPipelineNames,
+    clip: ClipModel,
+    max_batch_size: int,
+    record: PipelineRecord,
+    cache: bool,
 ) -> None:
     embedding = EMBEDDING.with_dims(clip.dimension)
     for ensemble, first, encoder, source, between in (
@@ -148,7 +153,9 @@ def _write_ensembles(
             EnsembleStep(first, {source.name: source.name}, {between.name: between.name}),
             EnsembleStep(encoder, {between.name: between.name}, {EMBEDDING.name: EMBEDDING.name}),
         ]
-        config = model_config.ensemble(ensemble, [source], [embedding], max_batch_size, steps, record.parameters())
+        config = model_config.ensemble(
+            ensemble, [source], [embedding], max_batch_size, steps, record.parameters(), response_cache=cache
+        )
         version_dir(staging / ensemble)
         model_config.write_config(config, staging / ensemble)
         write_pipeline_input(staging / ensemble, source)
@@ -176,7 +183,15 @@ def _write_classify(
     ]
     outputs = [LABEL, SCORES.with_dims(len(options.labels))]
     parameters = record.parameters() | classifier_parameters(options.labels)
-    config = model_config.ensemble(names.classify, [IMAGE], outputs, batching.max_batch_size, steps, parameters)
+    config = model_config.ensemble(
+        names.classify,
+        [IMAGE],
+        outputs,
+        batching.max_batch_size,
+        steps,
+        parameters,
+        response_cache=options.serving.cache(),
+    )
     version_dir(staging / names.classify)
     model_config.write_config(config, staging / names.classify)
     write_pipeline_input(staging / names.classify, IMAGE)

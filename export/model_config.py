@@ -128,8 +128,14 @@ def ensemble(
     max_batch_size: int,
     steps: Sequence[EnsembleStep],
     parameters: Mapping[str, str] | None = None,
+    *,
+    response_cache: bool = False,
 ) -> mc.ModelConfig:
+    """`response_cache`: a request whose inputs match an earlier one's, byte for byte, gets
+    the stored response without running the steps (needs a cache on the server: serve's
+    --cache-mb)."""
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
+    config.response_cache.enable = response_cache
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = value
     config.input.extend(model_input(spec) for spec in inputs)

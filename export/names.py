@@ -12,6 +12,7 @@ import numpy as np
 
 # The pipeline Triton serves by default (`make serve`): sentence-transformers/all-MiniLM-L6-v2.
 DEFAULT_TEXT_PIPELINE = "all-MiniLM-L6-v2"
+DEFAULT_INT8_PIPELINE = f"{DEFAULT_TEXT_PIPELINE}-int8"  # the same, --precision int8 (tests, benchmarks)
 # The prompt each zero-shot label is put in, unless export is given others.
 DEFAULT_TEMPLATE = "a photo of {}."
 

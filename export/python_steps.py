@@ -81,9 +81,7 @@ def write_tokenizer(
 ) -> None:
     add_python_model(model_dir, "tokenizer")
     (version_dir(model_dir) / TOKENIZER_FILE).write_text(settings.tokenizer_json, encoding="utf-8")
-    config = model_config.python_model(
-        name, [model_config.model_input(text)], outputs, batching, settings.parameters()
-    )
+    config = model_config.python_model(name, [model_config.model_input(text)], outputs, batching, settings.parameters())
     model_config.write_config(config, model_dir)
 
 

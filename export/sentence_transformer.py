@@ -48,9 +48,7 @@ def _import_sentence_transformers():
     try:
         import sentence_transformers
     except ImportError as error:
-        raise ImportError(
-            "exporting needs torch and sentence-transformers: pip install -e '.[export]'"
-        ) from error
+        raise ImportError("exporting needs torch and sentence-transformers: pip install -e '.[export]'") from error
     return sentence_transformers
 
 

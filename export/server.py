@@ -56,6 +56,10 @@ class ServerOptions:
     log_verbose: int = 0
     admin_key: str | None = None
     restart_dead_stubs: bool = True
+    # Triton's local response cache, used by ensembles exported with --response-cache. Memory
+    # is taken as entries arrive (a 384-d embedding is about 1.6 kB), up to this bound; the
+    # least recently used entries go first.
+    cache_mb: int = 256
     extra_args: tuple[str, ...] = field(default=())
 
     @property
@@ -97,6 +101,7 @@ class TritonInstall:
     libraries: Path
     python_backend: Path
     stub: Path
+    caches: Path  # holds local/libtritoncache_local.so, the response cache
 
     @classmethod
     def find(cls) -> TritonInstall:
@@ -111,8 +116,9 @@ class TritonInstall:
             libraries=package.parent / "nvidia_pytriton.libs",
             python_backend=server / "backends" / "python",
             stub=server / "python_backend_stubs" / version / "triton_python_backend_stub",
+            caches=server / "caches",
         )
-        parts = (install.binary, install.libraries, install.python_backend, install.stub)
+        parts = (install.binary, install.libraries, install.python_backend, install.stub, install.caches)
         missing = [path for path in parts if not path.exists()]
         if missing:
             raise ServerError(f"nvidia-pytriton is incomplete, missing: {', '.join(map(str, missing))}")
@@ -237,6 +243,8 @@ class TritonServer:
         ]
         loads = ["*"] if o.model_control_mode == "none" else o.load_models
         cmd += [f"--load-model={name}" for name in loads]
+        if o.cache_mb:
+            cmd += [f"--cache-directory={install.caches}", f"--cache-config=local,size={o.cache_mb * 1024 * 1024}"]
         if o.admin_key:
             restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={o.admin_key}"
             cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]

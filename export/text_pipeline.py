@@ -106,7 +106,7 @@ def export_text(options: TextExportOptions) -> TextExport:
             text_model.inputs,
             tokenizer_batching,
         )
-        write_text_ensemble(staging / names.ensemble, names, text_model, encoder_batching.max_batch_size, record)
+        write_text_ensemble(staging / names.ensemble, names, text_model, options.serving, record)
     return TextExport(record, text_model.tokenizer.max_length, agreement, options.repository)
 
 
@@ -118,7 +118,7 @@ def _calibration_feeds(text_model: TextModel, batch: int = 32) -> Iterator[dict[
 
 
 def write_text_ensemble(
-    model_dir: Path, names: TextPipelineNames, text_model: TextModel, max_batch_size: int, record: PipelineRecord
+    model_dir: Path, names: TextPipelineNames, text_model: TextModel, serving: ServingOptions, record: PipelineRecord
 ) -> None:
     tokens = {spec.name: spec.name for spec in text_model.inputs}
     steps = [
@@ -126,7 +126,10 @@ def write_text_ensemble(
         EnsembleStep(names.encoder, input_map=tokens, output_map={EMBEDDING.name: EMBEDDING.name}),
     ]
     output = EMBEDDING.with_dims(text_model.dimension)
-    config = model_config.ensemble(names.ensemble, [TEXT], [output], max_batch_size, steps, record.parameters())
+    max_batch_size = serving.batching()[1].max_batch_size
+    config = model_config.ensemble(
+        names.ensemble, [TEXT], [output], max_batch_size, steps, record.parameters(), response_cache=serving.cache()
+    )
     version_dir(model_dir)  # Triton wants a version folder, even an empty one, for ensembles
     model_config.write_config(config, model_dir)
     write_pipeline_input(model_dir, TEXT)

@@ -35,9 +35,7 @@ def require_agreement(
     """
     got, expected = got.reshape(len(got), -1), expected.reshape(len(expected), -1)
     norms = np.linalg.norm(got, axis=1) * np.linalg.norm(expected, axis=1)
-    agreement = Agreement(
-        float((np.sum(got * expected, axis=1) / norms).min()), float(np.abs(got - expected).max())
-    )
+    agreement = Agreement(float((np.sum(got * expected, axis=1) / norms).min()), float(np.abs(got - expected).max()))
     scale = max(1.0, float(np.abs(expected).max()))
     # Written so that NaN (a zero or broken output) fails too.
     if not (agreement.min_cosine >= min_cosine and agreement.max_abs_diff <= max_abs_diff * scale):

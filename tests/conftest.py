@@ -17,7 +17,7 @@ from sentence_transformers import SentenceTransformer
 
 from export.clip_pipeline import ClipExportOptions, export_clip
 from export.default_model import default_model_path
-from export.names import DEFAULT_TEXT_PIPELINE
+from export.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE
 from export.runtimes import ServingOptions
 from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
@@ -31,7 +31,8 @@ SLOW_BATCHING_DELAY_US = 200_000
 PROMPTED = "tiny-decoder-query"
 IMPATIENT = "tiny-bert-impatient"  # rejects a request after 50 ms in a queue
 IMPATIENT_TIMEOUT_MS = 50
-INT8 = f"{DEFAULT_TEXT_PIPELINE}-int8"  # the default model exported with --precision int8
+CACHED = "tiny-bert-cached"  # exported with --response-cache
+INT8 = DEFAULT_INT8_PIPELINE
 CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
 CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
 
@@ -70,6 +71,8 @@ def repository(
     export_text(options)
     serving = ServingOptions(queue_timeout_ms=IMPATIENT_TIMEOUT_MS)
     export_text(TextExportOptions(str(tiny_models["tiny-bert"].path), IMPATIENT, repo, serving=serving))
+    serving = ServingOptions(response_cache=True)
+    export_text(TextExportOptions(str(tiny_models["tiny-bert"].path), CACHED, repo, serving=serving))
     for name, clip in clip_models.items():
         labels = CLIP_LABELS if name == "clip-vit-b-32" else ()
         options = ClipExportOptions(clip.arch, name, clip.pretrained, repo, labels=labels, templates=CLIP_TEMPLATES)
