@@ -53,11 +53,21 @@ def time_calls(call: Callable[[int], object], items_per_call: int, seconds: floa
     return len(ms) * items_per_call / elapsed, statistics.median(ms), ms[int(0.99 * (len(ms) - 1))]
 
 
-def perf_row(system: str, model: str, url: str, input_file: Path, level: int, seconds: float, protocol: str) -> Row:
+def perf_row(
+    system: str,
+    model: str,
+    url: str,
+    input_file: Path,
+    level: int,
+    seconds: float,
+    protocol: str,
+    transport: Sequence[str] = (),
+) -> Row:
     """perf_analyzer averages its last three stable windows: windows of half the time keep it
     measuring about as long as the others (1.5x)."""
     window = int(seconds * 500)
-    m, _ = measure(model, url, input_file, level, input_file.parent, protocol=protocol, measurement_ms=window)
+    options = {"protocol": protocol, "measurement_ms": window, "transport": transport}
+    m, _ = measure(model, url, input_file, level, input_file.parent, **options)
     return Row(system, level, m.per_second, m.p50_ms, m.p99_ms, m.client_cpu)
 
 

@@ -93,9 +93,11 @@ def command(
     measurement_ms: int = 5000,
     stability_percentage: int = 50,
     csv_file: Path | None = None,
+    transport: Sequence[str] = (),
 ) -> list[str]:
     """Shared 2-core machines are noisy and mixed-length payloads vary per window: the default
-    stability window (50%, up to 10 trials) is wider than perf_analyzer's own 10%."""
+    stability window (50%, up to 10 trials) is wider than perf_analyzer's own 10%.
+    `transport`: more perf_analyzer flags, e.g. ("--streaming",) or ("--shared-memory", "system")."""
     cmd = [
         str(binary()),
         "-m", model,
@@ -107,6 +109,7 @@ def command(
         "--percentile", "99",
         "--stability-percentage", str(stability_percentage),
         "--max-trials", "10",
+        *transport,
     ]  # fmt: skip
     return [*cmd, "-f", str(csv_file)] if csv_file is not None else cmd
 
@@ -115,7 +118,8 @@ def measure(
     model: str, url: str, input_file: Path, concurrency: int, report_dir: Path, **options
 ) -> tuple[Measurement, str]:
     """One perf_analyzer run at one concurrency: the parsed measurement and its own report."""
-    csv_file = report_dir / f"perf-{model}-{options.get('protocol', 'grpc')}-c{concurrency}.csv"
+    flags = "".join(options.get("transport", ())).replace("-", "")
+    csv_file = report_dir / f"perf-{model}-{options.get('protocol', 'grpc')}{flags}-c{concurrency}.csv"
     before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     done = subprocess.run(
         command(model, url, input_file, concurrency, csv_file=csv_file, **options),

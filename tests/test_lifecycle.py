@@ -19,6 +19,7 @@ from export.repository import model_names
 from export.runtimes import ServingOptions
 from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
+from tests.conftest import INT8
 from tests.helpers import embed_http, free_port
 
 EXPECTED = {  # name: (kind, embedding size)
@@ -28,6 +29,8 @@ EXPECTED = {  # name: (kind, embedding size)
     "tiny-decoder": ("text", 24),
     "tiny-decoder-query": ("text", 24),
     "tiny-bert-impatient": ("text", 32),
+    "tiny-bert-cached": ("text", 32),
+    "all-MiniLM-L6-v2-int8": ("text", 384),
     "clip-vit-b-32": ("clip", 512),
     "clip-tiny": ("clip", 32),
 }
@@ -39,7 +42,8 @@ def test_list_shows_every_pipeline_once(repository: Path) -> None:
     clip = found["clip-vit-b-32"]
     assert clip.ensembles == ClipPipelineNames("clip-vit-b-32").ensembles(classify=True)
     assert set(clip.models) <= set(model_names(repository))
-    assert all(r.runtime == "python" and r.precision == "fp32" for r in found.values())
+    assert all(r.runtime == "python" for r in found.values())
+    assert {name: r.precision for name, r in found.items() if r.precision != "fp32"} == {INT8: "int8"}
     # Every model in the repository belongs to exactly one pipeline.
     owned = [model for r in found.values() for model in r.models]
     assert sorted(owned) == sorted(model_names(repository))
