@@ -66,7 +66,8 @@ def perf_row(
     """perf_analyzer averages its last three stable windows: windows of half the time keep it
     measuring about as long as the others (1.5x)."""
     window = int(seconds * 500)
-    options = {"protocol": protocol, "measurement_ms": window, "transport": transport}
+    # A run takes a few windows; one that takes 30 (perf_analyzer stuck) fails.
+    options = {"protocol": protocol, "measurement_ms": window, "transport": transport, "timeout": 30 * seconds}
     m, _ = measure(model, url, input_file, level, input_file.parent, **options)
     return Row(system, level, m.per_second, m.p50_ms, m.p99_ms, m.client_cpu)
 

@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import sys
 import tempfile
 from pathlib import Path
 
 from benchmarks.common import Row, markdown, perf_row
 from export import payloads
 from export.default_model import default_model_path
+from export.errors import UserError
 from export.names import DEFAULT_TEXT_PIPELINE, TEXT
 from export.perf_analyzer import write_input_data
 from export.server import ServerOptions, TritonServer
@@ -52,7 +54,12 @@ def main() -> None:
             runs = itertools.product(args.concurrency, range(args.rounds), TRANSPORTS.items())
             for level, _, (label, (protocol, flags)) in runs:
                 url, seconds = urls[protocol], args.seconds
-                rows.append(perf_row(label, DEFAULT_TEXT_PIPELINE, url, input_file, level, seconds, protocol, flags))
+                try:
+                    rows.append(
+                        perf_row(label, DEFAULT_TEXT_PIPELINE, url, input_file, level, seconds, protocol, flags)
+                    )
+                except UserError as error:  # a hung perf_analyzer: say so, measure the rest
+                    print(f"{label}, concurrency {level}: {error}", file=sys.stderr)
     print(markdown(rows))
 
 

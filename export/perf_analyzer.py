@@ -115,18 +115,27 @@ def command(
 
 
 def measure(
-    model: str, url: str, input_file: Path, concurrency: int, report_dir: Path, **options
+    model: str, url: str, input_file: Path, concurrency: int, report_dir: Path, *, timeout: float = 600, **options
 ) -> tuple[Measurement, str]:
-    """One perf_analyzer run at one concurrency: the parsed measurement and its own report."""
+    """One perf_analyzer run at one concurrency: the parsed measurement and its own report.
+
+    `timeout` (seconds): perf_analyzer 2.50 can hang (seen with --streaming at concurrency 32);
+    a run that takes longer fails instead of blocking the benchmark forever."""
     flags = "".join(options.get("transport", ())).replace("-", "")
     csv_file = report_dir / f"perf-{model}-{options.get('protocol', 'grpc')}{flags}-c{concurrency}.csv"
     before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
-    done = subprocess.run(
-        command(model, url, input_file, concurrency, csv_file=csv_file, **options),
-        env=environment(),
-        capture_output=True,
-        text=True,
-    )
+    try:
+        done = subprocess.run(
+            command(model, url, input_file, concurrency, csv_file=csv_file, **options),
+            env=environment(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired as error:
+        raise UserError(
+            f"perf_analyzer did not finish on {model} at concurrency {concurrency} in {timeout:.0f} s"
+        ) from error
     wall, after = time.perf_counter() - began, resource.getrusage(resource.RUSAGE_CHILDREN)
     if done.returncode != 0:
         raise UserError(f"perf_analyzer failed on {model} at concurrency {concurrency}:\n{done.stdout}{done.stderr}")
