@@ -55,6 +55,7 @@ def test_compose_file_exports_before_it_serves() -> None:
         assert services[triton]["ports"] == ["8000:8000", "8001:8001", "8002:8002"]
         command = " ".join(services[triton]["command"])
         assert "--http-restricted-api=model-repository" in command and "admin-key=${TRITON_ADMIN_KEY:?" in command
+        assert "--cache-config=local,size=" in command  # what --response-cache pipelines need
     (gpu,) = services["triton"]["deploy"]["resources"]["reservations"]["devices"]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"]
     assert "deploy" not in services["triton-cpu"]
