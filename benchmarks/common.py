@@ -22,6 +22,8 @@ from export.model_config import read_config
 from export.perf_analyzer import measure
 from export.python_models.tokenizer.tokenization import token_arrays
 from export.python_steps import TokenizerSettings
+from export.server import ServerOptions, TritonServer
+from tests.helpers import free_port
 
 CPUS = os.cpu_count() or 1
 
@@ -153,6 +155,14 @@ def service(command: list[str], ready_url: str, log: Path, env: dict[str, str] |
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+@contextlib.contextmanager
+def triton(repository: Path, log: Path) -> Iterator[TritonServer]:
+    """The bundled Triton on `repository`, on free ports, its log in `log`, for the block."""
+    options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
+    with log.open("wb") as output, TritonServer(options, log=output) as server:
+        yield server
 
 
 def markdown(rows: Sequence[Row]) -> str:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.common import CPUS, Row, markdown, perf_row, time_calls
+from benchmarks.common import CPUS, Row, markdown, perf_row, time_calls, triton
 from export import payloads
 from export.default_model import default_model_path
 from export.model_config import read_config
@@ -35,9 +35,7 @@ from export.python_models.onnx_encoder.padding import extents, length_groups, tr
 from export.python_models.tokenizer.tokenization import token_arrays
 from export.python_steps import TokenizerSettings
 from export.runtimes import ServingOptions
-from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
-from tests.helpers import free_port
 
 BATCH = 64
 
@@ -94,8 +92,7 @@ def main() -> None:
             serving = ServingOptions(max_batch_tokens=budget)
             export_text(TextExportOptions(str(default_model_path()), pipeline(budget), repository, serving=serving))
         tables = {name: in_process(repository, texts, args.budgets, args.seconds) for name, texts in payloads_.items()}
-        options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        with (work / "triton.log").open("wb") as log, TritonServer(options, log=log) as server:
+        with triton(repository, work / "triton.log") as server:
             url = server.options.grpc_url
             for name, texts in payloads_.items():
                 (work / name.replace(" ", "-")).mkdir()

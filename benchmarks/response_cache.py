@@ -20,15 +20,13 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from benchmarks.common import Row, markdown, perf_row
+from benchmarks.common import Row, markdown, perf_row, triton
 from export import payloads
 from export.default_model import default_model_path
 from export.names import TEXT
 from export.perf_analyzer import write_input_data
 from export.runtimes import ServingOptions
-from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
-from tests.helpers import free_port
 
 PIPELINES = {"no cache": "minilm", "response cache": "minilm-cached"}
 POPULAR = 100
@@ -61,8 +59,7 @@ def main() -> None:
         for label, name in PIPELINES.items():
             serving = ServingOptions(response_cache=label == "response cache")
             export_text(TextExportOptions(str(default_model_path()), name, repository, serving=serving))
-        options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        with (work / "triton.log").open("wb") as log, TritonServer(options, log=log) as server:
+        with triton(repository, work / "triton.log") as server:
             url = server.options.grpc_url
             runs = itertools.product(range(args.rounds), args.concurrency, PIPELINES.items())
             for run, (_, level, (label, name)) in enumerate(runs):

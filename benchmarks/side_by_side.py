@@ -31,13 +31,24 @@ from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
 
-from benchmarks.common import CPUS, Row, chart, markdown, onnx_text_encoder, perf_row, run_wrk, service, time_calls
+from benchmarks.common import (
+    CPUS,
+    Row,
+    chart,
+    markdown,
+    onnx_text_encoder,
+    perf_row,
+    run_wrk,
+    service,
+    time_calls,
+    triton,
+)
 from export import payloads
 from export.default_model import default_model_path
 from export.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE, TEXT, ClipPipelineNames, TextPipelineNames
 from export.perf_analyzer import write_input_data
 from export.python_models.image_preprocess.image_processing import PreprocessSettings, preprocess
-from export.server import ServerOptions, TritonServer
+from export.server import TritonServer
 from tests.helpers import free_port
 
 Load = Callable[[int], list[Row]]  # one system, measured at one concurrency
@@ -168,8 +179,7 @@ def main() -> None:
         work, repository = Path(folder), Path(folder) / "model_repository"
         export_models(repository)
         text_rows = [] if "in-process" in args.skip else in_process_text(repository, texts, args.seconds)
-        options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        server = stack.enter_context(TritonServer(options, log=stack.enter_context((work / "triton.log").open("wb"))))
+        server = stack.enter_context(triton(repository, work / "triton.log"))
         # Every server is up before any is measured, and each concurrency level measures them
         # one after the other: drifts of this shared machine then hit all systems alike.
         loads = [served_text(server, texts, args.seconds, work)]

@@ -23,13 +23,12 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from benchmarks.common import triton
 from export.client import AsyncEmbeddingClient
 from export.default_model import default_model_path
 from export.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
 from export.runtimes import ServingOptions
-from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
-from tests.helpers import free_port
 
 WORDS = "the a cat dog server model embedding request fast batch token text vector query answer".split()
 
@@ -96,10 +95,7 @@ def main() -> None:
             serving = ServingOptions(max_queue_delay_us=delay)
             options = TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repo, serving=serving)
             export_text(options)
-            server_options = ServerOptions(
-                repository=repo, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
-            )
-            with (Path(tmp) / f"log-{delay}").open("wb") as log, TritonServer(server_options, log=log) as server:
+            with triton(repo, Path(tmp) / f"log-{delay}") as server:
                 asyncio.run(load(server.options.grpc_url, texts, 8, 3))  # warm-up
                 for concurrency in args.concurrency:
                     rps, p50, p99 = asyncio.run(load(server.options.grpc_url, texts, concurrency, args.seconds))

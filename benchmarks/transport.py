@@ -16,15 +16,13 @@ import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import Row, markdown, perf_row
+from benchmarks.common import Row, markdown, perf_row, triton
 from export import payloads
 from export.default_model import default_model_path
 from export.errors import UserError
 from export.names import DEFAULT_TEXT_PIPELINE, TEXT
 from export.perf_analyzer import write_input_data
-from export.server import ServerOptions, TritonServer
 from export.text_pipeline import TextExportOptions, export_text
-from tests.helpers import free_port
 
 # Room for the largest output (one 384-d fp32 embedding) in each shared-memory region.
 SHARED_MEMORY = ("--shared-memory", "system", "--output-shared-memory-size", "4096")
@@ -48,8 +46,7 @@ def main() -> None:
         work, repository = Path(folder), Path(folder) / "model_repository"
         export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
         input_file = write_input_data(work, TEXT.name, payloads.short_texts(2000, seed=7))
-        options = ServerOptions(repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port())
-        with (work / "triton.log").open("wb") as log, TritonServer(options, log=log) as server:
+        with triton(repository, work / "triton.log") as server:
             urls = {"grpc": server.options.grpc_url, "http": server.options.http_url}
             runs = itertools.product(args.concurrency, range(args.rounds), TRANSPORTS.items())
             for level, _, (label, (protocol, flags)) in runs:

@@ -120,20 +120,25 @@ def _protocol(protocol: str, aio: bool) -> ModuleType:
 
 # gRPC waits longer and longer between attempts to reach a server that is down (up to two
 # minutes), so after a restart a client could stay disconnected long after the server is back.
-# A cap of 1 s costs a local server nothing. The rest are tritonclient's own defaults, which
-# channel_args replaces: unlimited message sizes, keepalive off.
+# A cap of 1 s costs a local server nothing.
 RECONNECT_BACKOFF_MS = 1000
-_GRPC_CHANNEL_ARGS = [
-    ("grpc.max_send_message_length", 2**31 - 1),
-    ("grpc.max_receive_message_length", 2**31 - 1),
-    ("grpc.keepalive_time_ms", 2**31 - 1),
-    ("grpc.keepalive_timeout_ms", 20_000),
-    ("grpc.keepalive_permit_without_calls", 0),
-    ("grpc.http2.max_pings_without_data", 2),
-    ("grpc.initial_reconnect_backoff_ms", 100),
-    ("grpc.min_reconnect_backoff_ms", 100),
-    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
-]
+
+
+def _grpc_channel_args(module: ModuleType) -> list[tuple[str, int]]:
+    """tritonclient's own channel options (channel_args replaces them: unlimited message sizes,
+    its keepalive defaults), plus the reconnect backoff cap."""
+    keepalive = module.KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_receive_message_length", 2**31 - 1),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+    ]
 
 
 class _Requests:
@@ -184,7 +189,7 @@ class EmbeddingClient(_Requests):
                 url, concurrency=concurrency, network_timeout=timeout or 60.0
             )
         else:
-            self.client = self.module.InferenceServerClient(url, channel_args=_GRPC_CHANNEL_ARGS)
+            self.client = self.module.InferenceServerClient(url, channel_args=_grpc_channel_args(self.module))
         self._pool = ThreadPoolExecutor(concurrency) if protocol == "grpc" else None
 
     def pipeline(self, model: str) -> Pipeline:
@@ -258,7 +263,7 @@ class AsyncEmbeddingClient(_Requests):
         self, url: str = "localhost:8001", protocol: str = "grpc", *, concurrency: int = 4, timeout: float | None = None
     ) -> None:
         super().__init__(protocol, _protocol(protocol, aio=True))
-        grpc = {"channel_args": _GRPC_CHANNEL_ARGS} if protocol == "grpc" else {}
+        grpc = {"channel_args": _grpc_channel_args(self.module)} if protocol == "grpc" else {}
         self.client = self.module.InferenceServerClient(url, **grpc)
         self.concurrency, self.timeout = concurrency, timeout
 

@@ -81,22 +81,26 @@ class StubWatchdog(threading.Thread):
         self.healthy: Counter[str] = Counter()  # model -> live instances it should have
         self.newest: dict[tuple[str, str], Stub] = {}  # (model, instance) -> its newest stub seen
 
-    def live(self) -> Counter[str]:
-        """Per model, the instances whose newest stub is alive."""
+    def _look(self) -> set[Stub]:
+        """One scan of /proc: each live stub newer than its instance's newest becomes it."""
         alive = stubs(self.group)
         for stub in alive:
             known = self.newest.get((stub.model, stub.instance))
             if known is None or stub.started > known.started:
                 self.newest[stub.model, stub.instance] = stub
-        alive_set = set(alive)
-        return Counter(model for (model, _), stub in self.newest.items() if stub in alive_set)
+        return set(alive)
+
+    def live(self) -> Counter[str]:
+        """Per model, the instances whose newest stub is alive."""
+        alive = self._look()
+        return Counter(model for (model, _), stub in self.newest.items() if stub in alive)
 
     def forget(self, model: str) -> None:
         """Drop the model's dead instances: unloaded, or loaded again with fewer of them."""
-        alive = set(stubs(self.group))
+        alive = self._look()
         for key in [key for key, stub in self.newest.items() if key[0] == model and stub not in alive]:
             del self.newest[key]
-        self.healthy[model] = self.live()[model]
+        self.healthy[model] = sum(1 for name, _ in self.newest if name == model)  # all alive now
 
     def run(self) -> None:
         self.healthy = self.live()
