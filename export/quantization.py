@@ -42,16 +42,13 @@ def quantize_int8(path: Path, calibration: Iterable[Mapping[str, np.ndarray]]) -
     consumers = _weight_matmuls(model, weights)
     peaks = _activation_peaks(model, consumers, calibration)
     _smooth(model, consumers, weights, peaks)
-    onnx.save(model, str(path))
     quantized = [
         node.name for nodes in consumers.values() for node in nodes if not _down_projection(weights[node.input[1]])
     ]
     root = logging.getLogger()
     root.addFilter(_no_preprocessing_advice)
     try:
-        quantize_dynamic(
-            str(path), str(path), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=quantized
-        )
+        quantize_dynamic(model, str(path), weight_type=QuantType.QInt8, per_channel=True, nodes_to_quantize=quantized)
     finally:
         root.removeFilter(_no_preprocessing_advice)
 
