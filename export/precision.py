@@ -27,8 +27,8 @@ def check_precision(precision: str, *, kind: str, runtime: str) -> str:
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "int8" and (kind != "text" or runtime != "python"):
-        # Dynamic quantization's operators run on ONNX Runtime's CPU kernels; TensorRT has no
-        # DynamicQuantizeLinear. On GPUs fp16 is the fast choice.
+        # The int8 graph's MatMulIntegerToFloat is an ONNX Runtime CPU operator, which TensorRT
+        # does not have; on GPUs fp16 is the fast choice.
         raise InvalidArgumentError(
             f"int8 is for text pipelines on the python runtime (CPU), not {kind} on {runtime}; use fp16 on GPUs"
         )

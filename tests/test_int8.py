@@ -2,8 +2,9 @@
 
 Bar: cosine >= 0.99 for every one of 1,000 varied texts against the fp32 sentence-transformers
 embedding, and top-10 neighbour overlap >= 0.9 on a retrieval set (200 queries over 800
-documents). int8 is lossy by design; measured here: min cosine about 0.996, overlap about 0.95.
-Speed is a benchmark, not a test (docs/performance.md).
+documents). int8 is lossy by design; measured here: min cosine 0.992, overlap 0.93. Activations
+are quantized one token at a time, so a text's embedding must not depend on the texts it is
+batched with. Speed is a benchmark, not a test (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from export.errors import InvalidArgumentError
 from export.precision import check_precision
 from export.runtimes import ONNX_FILE
 from tests.conftest import INT8
-from tests.helpers import cosine, embed_many
+from tests.helpers import cosine, embed_grpc, embed_many
 from tests.texts import corpus
 
 MIN_COSINE = 0.99
@@ -61,15 +62,26 @@ def test_retrieval_keeps_top10_neighbours(served: np.ndarray, reference: np.ndar
     assert np.mean(overlap) >= MIN_TOP10_OVERLAP, f"top-10 overlap {np.mean(overlap):.3f}"
 
 
-def test_the_served_graph_is_int8_except_the_down_projections(repository: Path) -> None:
+def test_a_text_embeds_the_same_whatever_it_is_batched_with(grpc_client, texts: list[str]) -> None:
+    # With one activation scale per batch (onnxruntime's quantize_dynamic) this differed by up
+    # to 1.7e-2 per value; per-token scales leave only float rounding.
+    short = ["?!", "ok", "how do I reset my password"]
+    alone = np.concatenate([embed_grpc(grpc_client, INT8, [text]) for text in short])
+    batched = embed_grpc(grpc_client, INT8, [*texts[:29], *short])[-len(short) :]
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_every_weight_matmul_is_int8_and_the_smoothed_ones_are_scaled(repository: Path) -> None:
     graph = onnx.load(str(repository / f"{INT8}_encoder" / "1" / ONNX_FILE)).graph
     ops = [node.op_type for node in graph.node]
-    weights = {init.name: tuple(init.dims) for init in graph.initializer}
-    float_matmuls = [weights[n.input[1]] for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    # MiniLM: 6 layers x (Q, K, V, attention output, FFN in) quantized, 6 FFN outputs kept fp32.
-    assert ops.count("MatMulInteger") + ops.count("DynamicQuantizeMatMul") == 30
-    assert float_matmuls == [(1536, 384)] * 6
-    assert ops.count("Mul") > 0 and any(name.endswith("_smooth_scale") for name in weights)
+    weights = {init.name: init.data_type for init in graph.initializer}
+    float_matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    # MiniLM: 6 layers x (Q, K, V, attention output, FFN in, FFN out).
+    assert ops.count("MatMulIntegerToFloat") == 36
+    assert float_matmuls == []
+    assert sum(dtype == onnx.TensorProto.INT8 for dtype in weights.values()) == 36
+    # Smoothed: the inputs of Q/K/V, the attention output and FFN in; not the FFN out (GELU).
+    assert sum(name.endswith("_smooth_scale") for name in weights) == 6 * 3
 
 
 @pytest.mark.parametrize(("kind", "runtime"), [("clip", "python"), ("text", "onnxruntime"), ("text", "tensorrt")])
