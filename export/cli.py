@@ -77,7 +77,11 @@ def _add_serving_flags(parser: argparse.ArgumentParser, python_step: str) -> Non
         f"(default: {_defaults('queue_timeout_ms')})",
     )
     parser.add_argument(
-        "--intra-op-threads", type=int, default=0, help="onnxruntime threads, python runtime (default: all CPUs)"
+        "--intra-op-threads",
+        type=int,
+        default=0,
+        help="onnxruntime threads per encoder instance, python runtime "
+        "(default: all CPUs; int8: the CPUs split among the instances)",
     )
     parser.add_argument(
         "--max-batch-tokens",

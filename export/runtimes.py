@@ -154,6 +154,7 @@ class EncoderModel:
     sequence: tuple[int, int, int] | None = None
     pad_values: Mapping[str, int] = field(default_factory=dict)
     padding_side: str = "right"
+    precision: str = "fp32"
 
     def shape(self, spec: TensorSpec, length: int) -> list[int]:
         """`spec`'s dims without the batch axis, a varying last axis set to `length`."""
@@ -179,6 +180,17 @@ def _python_default(serving: ServingOptions, field: str):
     return getattr(DEFAULTS["python"], field) if value is None else value
 
 
+def _intra_op_threads(encoder: EncoderModel, serving: ServingOptions) -> str:
+    """onnxruntime threads per encoder instance: a number, `all` CPUs, or the CPUs split
+    `per_instance` (counted where the model loads). The int8 graph has many small operators,
+    each a hand-off between the pool's threads: with one pool per core's share it served
+    +4-23% at concurrency 32 and -0.9-1.6 ms at concurrency 1 on 2 cores; fp32 lost 1 ms at
+    concurrency 1 that way, so it keeps all CPUs (docs/performance.md)."""
+    if serving.intra_op_threads:
+        return str(serving.intra_op_threads)
+    return "per_instance" if encoder.precision == "int8" else "all"
+
+
 def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptions) -> mc.ModelConfig:
     """onnxruntime inside a Python-backend model.
 
@@ -191,7 +203,7 @@ def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptio
         "onnx_file": ONNX_FILE,
         "pad_values": json.dumps(dict(encoder.pad_values)),
         "padding_side": encoder.padding_side,
-        "intra_op_threads": str(serving.intra_op_threads),
+        "intra_op_threads": _intra_op_threads(encoder, serving),
         "intra_op_spinning": "1" if _python_default(serving, "intra_op_spinning") else "0",
     }
     ragged = encoder.sequence is not None

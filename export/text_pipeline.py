@@ -96,6 +96,7 @@ def export_text(options: TextExportOptions) -> TextExport:
             sequence=(1, min(TYPICAL_TOKENS, longest), longest),
             pad_values={INPUT_IDS.name: text_model.tokenizer.pad_token_id},
             padding_side=text_model.tokenizer.padding_side,
+            precision=options.precision,
         )
         runtimes.write_encoder(staging / names.encoder, encoder, options.serving)
         write_tokenizer(

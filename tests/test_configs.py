@@ -13,6 +13,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from export.model_config import read_config
 from export.names import (
     CLIP_INPUT_IDS,
+    DEFAULT_INT8_PIPELINE,
     DEFAULT_TEXT_PIPELINE,
     EMBEDDING,
     IMAGE,
@@ -119,26 +120,30 @@ def test_cli_flags_reach_the_configs_for_the_python_runtime(tmp_path: Path, tiny
     command = [
         sys.executable, "-m", "export", "text", str(tiny_models["tiny-bert"].path), "--name", "cpu-bert",
         "--repository", str(tmp_path), "--max-batch-tokens", "300", "--intra-op-spinning",
-        "--max-queue-size", "7", "--queue-timeout-ms", "5000",
+        "--max-queue-size", "7", "--queue-timeout-ms", "5000", "--intra-op-threads", "3",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     names = TextPipelineNames("cpu-bert")
     encoder = read_config(tmp_path / names.encoder)
     params = {key: value.string_value for key, value in encoder.parameters.items()}
-    assert (params["max_batch_tokens"], params["intra_op_spinning"]) == ("300", "1")
+    assert (params["max_batch_tokens"], params["intra_op_spinning"], params["intra_op_threads"]) == ("300", "1", "3")
     for config in (encoder, read_config(tmp_path / names.tokenizer)):
         policy = config.dynamic_batching.default_queue_policy
         assert (policy.max_queue_size, policy.default_timeout_microseconds) == (7, 5_000_000)
 
 
 def test_python_runtime_defaults(repository: Path) -> None:
-    """Length groups for token encoders only; the documented queue bounds on every step."""
+    """Length groups for token encoders only; the documented queue bounds on every step; all
+    CPUs for each fp32 encoder instance, the CPUs split among the int8 ones."""
     text = read_config(repository / TextPipelineNames(DEFAULT_TEXT_PIPELINE).encoder)
     params = {key: value.string_value for key, value in text.parameters.items()}
     assert (params["length_input"], params["max_batch_tokens"], params["intra_op_spinning"]) == (
         "attention_mask", "512", "0",
     )  # fmt: skip
+    assert params["intra_op_threads"] == "all"
+    int8 = read_config(repository / TextPipelineNames(DEFAULT_INT8_PIPELINE).encoder)
+    assert int8.parameters["intra_op_threads"].string_value == "per_instance"
     clip_text = read_config(repository / ClipPipelineNames("clip-tiny").text_encoder)
     assert "length_input" not in clip_text.parameters  # a fixed context, no mask: nothing to group
     policy = text.dynamic_batching.default_queue_policy

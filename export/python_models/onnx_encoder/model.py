@@ -18,9 +18,17 @@ import triton_python_backend_utils as pb_utils
 from padding import extents, length_groups, pad_concat, trim
 
 
+def _threads(setting: str, instances: int) -> int:
+    """`all` CPUs, the CPUs shared among this model's `per_instance`s, or a number."""
+    cores = len(os.sched_getaffinity(0))
+    if setting == "per_instance":
+        return max(1, cores // instances)
+    return int(setting) if setting.isdigit() and int(setting) > 0 else cores
+
+
 def _session(path: Path, intra_op_threads: int, spinning: bool) -> ort.InferenceSession:
     options = ort.SessionOptions()
-    options.intra_op_num_threads = intra_op_threads or len(os.sched_getaffinity(0))
+    options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     # Spinning threads answer faster between the graph's parallel sections but busy-wait on
     # cores the tokenizer stub and Triton need: off by default, as on 2 cores it stalled
@@ -45,7 +53,9 @@ class TritonPythonModel:
         self.max_batch_tokens = int(params.get("max_batch_tokens", "0"))
         folder = Path(args["model_repository"]) / args["model_version"]
         spinning = params.get("intra_op_spinning", "0") == "1"
-        self.session = _session(folder / params["onnx_file"], int(params["intra_op_threads"]), spinning)
+        instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
+        threads = _threads(params["intra_op_threads"], instances)
+        self.session = _session(folder / params["onnx_file"], threads, spinning)
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
