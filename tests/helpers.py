@@ -45,6 +45,17 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
+def top10_overlap(got: np.ndarray, expected: np.ndarray, queries: int) -> float:
+    """Mean share of each query's 10 nearest documents (by cosine) that `got` and `expected`
+    agree on; the first `queries` rows are the queries, the rest the documents."""
+
+    def top10(embeddings: np.ndarray) -> np.ndarray:
+        unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
+        return np.argsort(-(unit[:queries] @ unit[queries:].T), axis=1)[:, :10]
+
+    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top10(got), top10(expected), strict=True)]))
+
+
 def counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:
     """(inference_count, execution_count) of a model since the server started."""
     (stats,) = client.get_inference_statistics(model).model_stats

@@ -20,7 +20,7 @@ from export.errors import InvalidArgumentError
 from export.precision import check_precision
 from export.runtimes import ONNX_FILE
 from tests.conftest import INT8
-from tests.helpers import cosine, embed_grpc, embed_many
+from tests.helpers import cosine, embed_grpc, embed_many, top10_overlap
 from tests.texts import corpus
 
 MIN_COSINE = 0.99
@@ -51,15 +51,9 @@ def test_every_text_keeps_cosine_099(served: np.ndarray, reference: np.ndarray, 
     assert similarity.mean() < 0.99999
 
 
-def top10(embeddings: np.ndarray) -> np.ndarray:
-    queries, documents = embeddings[:QUERIES], embeddings[QUERIES:]
-    return np.argsort(-(queries @ documents.T), axis=1)[:, :10]
-
-
 def test_retrieval_keeps_top10_neighbours(served: np.ndarray, reference: np.ndarray) -> None:
-    reference = reference / np.linalg.norm(reference, axis=1, keepdims=True)
-    overlap = [len(set(a) & set(b)) / 10 for a, b in zip(top10(served), top10(reference), strict=True)]
-    assert np.mean(overlap) >= MIN_TOP10_OVERLAP, f"top-10 overlap {np.mean(overlap):.3f}"
+    overlap = top10_overlap(served, reference, QUERIES)
+    assert overlap >= MIN_TOP10_OVERLAP, f"top-10 overlap {overlap:.3f}"
 
 
 def test_a_text_embeds_the_same_whatever_it_is_batched_with(grpc_client, texts: list[str]) -> None:
