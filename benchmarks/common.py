@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
 import os
@@ -155,6 +156,15 @@ def service(command: list[str], ready_url: str, log: Path, env: dict[str, str] |
                 process.wait(30)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def served_parser(doc: str, *, rounds: int = 1) -> argparse.ArgumentParser:
+    """The flags every benchmark of a served pipeline takes; a script adds its own."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--rounds", type=int, default=rounds, help="served measurements, repeated in turn")
+    return parser
 
 
 @contextlib.contextmanager

@@ -17,7 +17,6 @@ queries (`export.payloads.short_texts`, 6-18 words).
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import tempfile
 from pathlib import Path
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from benchmarks.common import CPUS, Row, markdown, perf_row, time_calls, triton
+from benchmarks.common import CPUS, Row, markdown, perf_row, served_parser, time_calls, triton
 from export import payloads
 from export.default_model import default_model_path
 from export.model_config import read_config
@@ -74,12 +73,9 @@ def in_process(repository: Path, texts: list[str], budgets: list[int], seconds: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = served_parser(__doc__)
     parser.add_argument("--budgets", type=int, nargs="+", default=[0, 512, 2048])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--payloads", nargs="+", choices=["mixed", "short"], default=["mixed", "short"])
-    parser.add_argument("--rounds", type=int, default=1, help="served measurements, repeated in turn")
     args = parser.parse_args()
     every = {
         "mixed": ("mixed lengths", payloads.texts(1024, seed=3)),

@@ -15,7 +15,6 @@ Every run gets texts no earlier run sent.
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import random
 import tempfile
@@ -23,7 +22,7 @@ from pathlib import Path
 
 import tritonclient.grpc as grpcclient
 
-from benchmarks.common import Row, markdown, perf_row, triton
+from benchmarks.common import Row, markdown, perf_row, served_parser, triton
 from export import payloads
 from export.default_model import default_model_path
 from export.names import TEXT
@@ -53,11 +52,7 @@ def hits(url: str, model: str) -> tuple[int, int]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=1, help="measurements, repeated in turn")
-    args = parser.parse_args()
+    args = served_parser(__doc__).parse_args()
     rows: list[tuple[str, Row, str]] = []
     with tempfile.TemporaryDirectory() as folder:
         work, repository = Path(folder), Path(folder) / "model_repository"

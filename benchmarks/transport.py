@@ -10,13 +10,12 @@ concurrency (and again per round). JSON bodies are in the side-by-side benchmark
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import sys
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import Row, markdown, perf_row, triton
+from benchmarks.common import Row, markdown, perf_row, served_parser, triton
 from export import payloads
 from export.default_model import default_model_path
 from export.errors import UserError
@@ -36,11 +35,7 @@ TRANSPORTS = {
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
-    parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--rounds", type=int, default=2, help="measurements, repeated in turn")
-    args = parser.parse_args()
+    args = served_parser(__doc__, rounds=2).parse_args()
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as folder:
         work, repository = Path(folder), Path(folder) / "model_repository"
