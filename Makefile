@@ -76,7 +76,7 @@ lint: $(VENV)/.installed-test
 	$(PY) -m ruff check export tests benchmarks locustfiles
 
 $(REPOSITORY)/$(NAME)/config.pbtxt: | $(VENV)/.installed-export
-	$(PY) -m export text "$(if $(MODEL),$(MODEL),$$($(PY) -m export.default_model))" \
+	$(PY) -m export text "$(if $(MODEL),$(MODEL),$$($(PY) -m export.text.default_model))" \
 		--name $(NAME) --repository $(REPOSITORY)
 
 # The Python-backend stub of the Triton wheel links the system's shared libpython; Debian's

@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export.model_config import read_config
-from export.perf_analyzer import measure
-from export.python_models.tokenizer.tokenization import token_arrays
-from export.python_steps import TokenizerSettings
-from export.server import ServerOptions, TritonServer
+from export.repository.config import read_config
+from export.serving.server import ServerOptions, TritonServer
+from export.steps.tokenizer.tokenization import token_arrays
+from export.steps.writers import TokenizerSettings
+from export.tools.perf_analyzer import measure
 from tests.helpers import free_port
 
 CPUS = os.cpu_count() or 1

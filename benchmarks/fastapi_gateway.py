@@ -21,8 +21,8 @@ import tritonclient.grpc.aio as grpcclient
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from export.model_config import read_config
-from export.python_steps import TokenizerSettings
+from export.repository.config import read_config
+from export.steps.writers import TokenizerSettings
 
 _FIELDS = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
 

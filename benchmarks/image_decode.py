@@ -17,7 +17,7 @@ from dataclasses import replace
 
 from PIL import Image
 
-from export.python_models.image_preprocess.image_processing import PreprocessSettings, preprocess
+from export.steps.image_preprocess.image_processing import PreprocessSettings, preprocess
 from tests.images import jpeg
 
 VIT_B_32 = PreprocessSettings(

@@ -22,13 +22,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import onnx_text_encoder, time_calls
-from export import payloads
-from export.default_model import default_model_path
-from export.names import TextPipelineNames
 from export.runtimes import ONNX_FILE
-from export.text_pipeline import TextExportOptions, export_text
+from export.text.default_model import default_model_path
+from export.text.pipeline import TextExportOptions, export_text
+from export.tools import payloads
 from tests.helpers import cosine, top10_overlap
 from tests.texts import corpus
+from triton_embeddings.names import TextPipelineNames
 
 QUERIES = 200  # of the 1,000 texts; the other 800 are the documents
 BATCH = 32

@@ -1,8 +1,8 @@
 """Length groups in the python runtime's encoder (`--max-batch-tokens`), measured.
 
-Two payloads, all-MiniLM-L6-v2 fp32: texts of mixed length, as `export.payloads.texts` draws
+Two payloads, all-MiniLM-L6-v2 fp32: texts of mixed length, as `export.tools.payloads.texts` draws
 them (40% 2-8 words, 30% 10-25, 20% 40-120, 10% 300-500, cut at 256 tokens), and short
-queries (`export.payloads.short_texts`, 6-18 words).
+queries (`export.tools.payloads.short_texts`, 6-18 words).
 
 1. In-process, the encoder's own computation: batches of 64 such texts through onnxruntime,
    padded to the longest row (one group, what the encoder did before) against groups of
@@ -25,16 +25,16 @@ import numpy as np
 import onnxruntime as ort
 
 from benchmarks.common import CPUS, Row, markdown, perf_row, served_parser, time_calls, triton
-from export import payloads
-from export.default_model import default_model_path
-from export.model_config import read_config
-from export.names import ATTENTION_MASK, TEXT, TextPipelineNames
-from export.perf_analyzer import write_input_data
-from export.python_models.onnx_encoder.padding import extents, length_groups, trim
-from export.python_models.tokenizer.tokenization import token_arrays
-from export.python_steps import TokenizerSettings
+from export.repository.config import read_config
 from export.runtimes import ServingOptions
-from export.text_pipeline import TextExportOptions, export_text
+from export.steps.onnx_encoder.padding import extents, length_groups, trim
+from export.steps.tokenizer.tokenization import token_arrays
+from export.steps.writers import TokenizerSettings
+from export.text.default_model import default_model_path
+from export.text.pipeline import TextExportOptions, export_text
+from export.tools import payloads
+from export.tools.perf_analyzer import write_input_data
+from triton_embeddings.names import ATTENTION_MASK, TEXT, TextPipelineNames
 
 BATCH = 64
 
@@ -92,7 +92,7 @@ def main() -> None:
             url = server.options.grpc_url
             for name, texts in payloads_.items():
                 (work / name.replace(" ", "-")).mkdir()
-                input_file = write_input_data(work / name.replace(" ", "-"), TEXT.name, texts)
+                input_file = write_input_data(work / name.replace(" ", "-"), TEXT, texts)
                 for level in args.concurrency:
                     for _, budget in itertools.product(range(args.rounds), args.budgets):
                         system = f"Triton grpc, {label(budget)}"

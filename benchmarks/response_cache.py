@@ -2,7 +2,7 @@
 
 all-MiniLM-L6-v2 fp32 exported twice into one repository, with and without the cache, one
 server (cache on), one-text requests over gRPC (perf_analyzer). Two workloads of short
-queries (`export.payloads.short_texts`): all unique (what the cache costs when it never
+queries (`export.tools.payloads.short_texts`): all unique (what the cache costs when it never
 hits) and half repeated (half the requests, at random places, one of 100 popular texts). The
 hit rate is read from Triton's statistics, not assumed: identical requests in flight together
 all miss. Random places, because perf_analyzer's context i sends entries i, i + c, i + 2c, ...
@@ -23,12 +23,12 @@ from pathlib import Path
 import tritonclient.grpc as grpcclient
 
 from benchmarks.common import Row, markdown, perf_row, served_parser, triton
-from export import payloads
-from export.default_model import default_model_path
-from export.names import TEXT
-from export.perf_analyzer import write_input_data
 from export.runtimes import ServingOptions
-from export.text_pipeline import TextExportOptions, export_text
+from export.text.default_model import default_model_path
+from export.text.pipeline import TextExportOptions, export_text
+from export.tools import payloads
+from export.tools.perf_analyzer import write_input_data
+from triton_embeddings.names import TEXT
 
 PIPELINES = {"no cache": "minilm", "response cache": "minilm-cached"}
 POPULAR = 100
@@ -66,7 +66,7 @@ def main() -> None:
                 for workload, texts in workloads(run).items():
                     run_dir = work / f"{run}-{workload.replace(' ', '-')}"
                     run_dir.mkdir()
-                    input_file = write_input_data(run_dir, TEXT.name, texts)
+                    input_file = write_input_data(run_dir, TEXT, texts)
                     before = hits(url, name)
                     row = perf_row(f"{workload}, {label}", name, url, input_file, level, args.seconds, "grpc")
                     hit, miss = (now - then for now, then in zip(hits(url, name), before, strict=True))

@@ -43,13 +43,20 @@ from benchmarks.common import (
     time_calls,
     triton,
 )
-from export import payloads
-from export.default_model import default_model_path
-from export.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE, TEXT, ClipPipelineNames, TextPipelineNames
-from export.perf_analyzer import write_input_data
-from export.python_models.image_preprocess.image_processing import PreprocessSettings, preprocess
-from export.server import TritonServer
+from export.serving.server import TritonServer
+from export.steps.image_preprocess.image_processing import PreprocessSettings, preprocess
+from export.text.default_model import default_model_path
+from export.tools import payloads
+from export.tools.perf_analyzer import write_input_data
 from tests.helpers import free_port
+from triton_embeddings.names import (
+    DEFAULT_INT8_PIPELINE,
+    DEFAULT_TEXT_PIPELINE,
+    IMAGE,
+    TEXT,
+    ClipPipelineNames,
+    TextPipelineNames,
+)
 
 Load = Callable[[int], list[Row]]  # one system, measured at one concurrency
 INFINITY = Path(__file__).resolve().parent.parent / ".bench" / "infinity" / "bin" / "infinity_emb"
@@ -58,8 +65,8 @@ INT8 = TextPipelineNames(DEFAULT_INT8_PIPELINE)
 
 
 def export_models(repository: Path) -> None:
-    from export.clip_pipeline import ClipExportOptions, export_clip
-    from export.text_pipeline import TextExportOptions, export_text
+    from export.clip.pipeline import ClipExportOptions, export_clip
+    from export.text.pipeline import TextExportOptions, export_text
 
     export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
     export_text(TextExportOptions(str(default_model_path()), DEFAULT_INT8_PIPELINE, repository, precision="int8"))
@@ -87,7 +94,7 @@ def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[
 
 def served_text(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:
     """Triton over gRPC and HTTP (perf_analyzer), and Triton's HTTP JSON endpoint (wrk)."""
-    input_file = write_input_data(work, TEXT.name, texts)
+    input_file = write_input_data(work, TEXT, texts)
     bodies = [{"inputs": [{"name": TEXT.name, "datatype": "BYTES", "shape": [1, 1], "data": [t]}]} for t in texts]
     infer_url = f"http://{server.options.http_url}/v2/models/{DEFAULT_TEXT_PIPELINE}/infer"
 
@@ -137,7 +144,7 @@ def images(server: TritonServer, repository: Path, levels: list[int], seconds: f
     import numpy as np
     import onnxruntime as ort
 
-    from export.model_config import read_config
+    from export.repository.config import read_config
 
     jpegs = payloads.images(16, sizes=((640, 480),))
     settings = PreprocessSettings.from_json(
@@ -155,7 +162,7 @@ def images(server: TritonServer, repository: Path, levels: list[int], seconds: f
 
         rate, p50, p99 = time_calls(run, batch, seconds)
         rows.append(Row(f"Pillow + onnxruntime in-process, batch {batch}", None, rate, p50, p99))
-    input_file = write_input_data(work, "IMAGE", jpegs)
+    input_file = write_input_data(work, IMAGE, jpegs)
     url = server.options.grpc_url
     rows += [perf_row("Triton grpc (perf_analyzer)", CLIP.image, url, input_file, c, seconds, "grpc") for c in levels]
     return rows

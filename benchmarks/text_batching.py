@@ -24,11 +24,11 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from benchmarks.common import triton
-from export.client import AsyncEmbeddingClient
-from export.default_model import default_model_path
-from export.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
 from export.runtimes import ServingOptions
-from export.text_pipeline import TextExportOptions, export_text
+from export.text.default_model import default_model_path
+from export.text.pipeline import TextExportOptions, export_text
+from triton_embeddings.client import AsyncEmbeddingClient
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
 
 WORDS = "the a cat dog server model embedding request fast batch token text vector query answer".split()
 

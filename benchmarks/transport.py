@@ -2,7 +2,7 @@
 with the tensors in system shared memory (zero-copy for a client on the same machine).
 
 all-MiniLM-L6-v2 fp32 with the export defaults, one server, one-text requests of 6-18 words
-(`export.payloads.short_texts`), perf_analyzer as the client, each transport in turn at each
+(`export.tools.payloads.short_texts`), perf_analyzer as the client, each transport in turn at each
 concurrency (and again per round). JSON bodies are in the side-by-side benchmark (wrk).
 
     .venv/bin/python -m benchmarks.transport [--seconds 10] [--concurrency 1 32] [--rounds 2]
@@ -16,12 +16,12 @@ import tempfile
 from pathlib import Path
 
 from benchmarks.common import Row, markdown, perf_row, served_parser, triton
-from export import payloads
-from export.default_model import default_model_path
 from export.errors import UserError
-from export.names import DEFAULT_TEXT_PIPELINE, TEXT
-from export.perf_analyzer import write_input_data
-from export.text_pipeline import TextExportOptions, export_text
+from export.text.default_model import default_model_path
+from export.text.pipeline import TextExportOptions, export_text
+from export.tools import payloads
+from export.tools.perf_analyzer import write_input_data
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TEXT
 
 # Room for the largest output (one 384-d fp32 embedding) in each shared-memory region.
 SHARED_MEMORY = ("--shared-memory", "system", "--output-shared-memory-size", "4096")
@@ -40,7 +40,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as folder:
         work, repository = Path(folder), Path(folder) / "model_repository"
         export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
-        input_file = write_input_data(work, TEXT.name, payloads.short_texts(2000, seed=7))
+        input_file = write_input_data(work, TEXT, payloads.short_texts(2000, seed=7))
         with triton(repository, work / "triton.log") as server:
             urls = {"grpc": server.options.grpc_url, "http": server.options.http_url}
             runs = itertools.product(args.concurrency, range(args.rounds), TRANSPORTS.items())

@@ -16,11 +16,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from export.errors import UserError
-from export.names import DEFAULT_TEMPLATE
 from export.precision import PRECISIONS
-from export.repository import DEFAULT_REPOSITORY
+from export.repository.layout import DEFAULT_REPOSITORY
 from export.runtimes import DEFAULTS, RUNTIMES, ServingOptions
-from export.server import CONTROL_MODES, ServerOptions, TritonServer, serve_until_stopped
+from export.serving.server import CONTROL_MODES, ServerOptions, TritonServer, serve_until_stopped
+from triton_embeddings.names import DEFAULT_TEMPLATE
 
 
 def _defaults(field: str) -> str:
@@ -202,7 +202,7 @@ def _add_clip_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_clip(args: argparse.Namespace) -> int:
-    from export.clip_pipeline import ClipExportOptions, export_clip, read_labels
+    from export.clip.pipeline import ClipExportOptions, export_clip, read_labels
 
     options = ClipExportOptions(
         arch=args.arch,
@@ -246,7 +246,7 @@ def _add_perf_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_perf(args: argparse.Namespace) -> int:
-    from export import perf_analyzer
+    from export.tools import perf_analyzer
 
     input_file = args.input_data or args.repository / args.model / perf_analyzer.INPUT_FILE
     if not input_file.is_file():
@@ -292,7 +292,7 @@ def _add_lifecycle_commands(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_list(args: argparse.Namespace) -> int:
-    from export.pipelines import pipelines
+    from export.repository.records import pipelines
 
     found = pipelines(args.repository)
     if args.json:
@@ -307,7 +307,7 @@ def _run_list(args: argparse.Namespace) -> int:
 
 
 def _run_remove(args: argparse.Namespace) -> int:
-    from export.pipelines import remove_pipeline
+    from export.repository.records import remove_pipeline
 
     record = remove_pipeline(args.repository, args.name)
     print(f"removed {record.name}: {', '.join(record.models)}")
@@ -315,7 +315,7 @@ def _run_remove(args: argparse.Namespace) -> int:
 
 
 def _run_stats(args: argparse.Namespace) -> int:
-    from export.stats import as_json, pipeline_stats, table
+    from export.tools.stats import as_json, pipeline_stats, table
 
     record, rows = pipeline_stats(args.url, args.name)
     print(as_json(record, rows) if args.json else f"{record.name} ({record.kind})\n\n{table(rows)}")
@@ -351,7 +351,7 @@ def _add_serve_command(commands: argparse._SubParsersAction) -> None:
 
 
 def _run_text(args: argparse.Namespace) -> int:
-    from export.text_pipeline import TextExportOptions, export_text
+    from export.text.pipeline import TextExportOptions, export_text
 
     options = TextExportOptions(
         model=args.model,

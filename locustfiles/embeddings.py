@@ -7,11 +7,11 @@
 One user class per transport; name classes on the command line to run only some:
 - `HttpJsonUser`: JSON bodies, what curl sends (images as base64 strings);
 - `HttpBinaryUser`: the binary tensor extension, bodies built by tritonclient (FastHttpUser);
-- `GrpcUser`: gRPC through export.client, reporting to Locust's request events.
+- `GrpcUser`: gRPC through triton_embeddings.client, reporting to Locust's request events.
 
 Options: --model (a text, image or classify pipeline), --payload text|image (default: text),
 --items (texts or images per request, default 1), --grpc-host. Payloads come from
-export.payloads: texts from queries to passages past max_length, JPEGs of four sizes. Every
+export.tools.payloads: texts from queries to passages past max_length, JPEGs of four sizes. Every
 reply is checked (status, one output row per item); anything else counts as a failure.
 """
 
@@ -30,9 +30,9 @@ import numpy as np  # noqa: E402
 import tritonclient.http as httpclient  # noqa: E402
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 
-from export import payloads  # noqa: E402
-from export.client import EmbeddingClient  # noqa: E402
-from export.names import IMAGE, TEXT  # noqa: E402
+from export.tools import payloads  # noqa: E402
+from triton_embeddings.client import EmbeddingClient  # noqa: E402
+from triton_embeddings.names import IMAGE, TEXT  # noqa: E402
 
 PAYLOAD_COUNT = {"text": 2000, "image": 16}
 

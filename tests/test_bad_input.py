@@ -17,8 +17,8 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
 from tests.helpers import counts, embed_grpc, text_array
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
 
 
 def post_infer(server, model: str, body: bytes) -> tuple[int, dict]:

@@ -7,9 +7,9 @@ import asyncio
 import numpy as np
 import tritonclient.grpc.aio as aioclient
 
-from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
 from tests.helpers import counts, embed_grpc, text_array
 from tests.texts import corpus
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
 
 CONCURRENCY = 32
 REQUESTS = 320

@@ -1,4 +1,4 @@
-"""export.client against the real server: both protocols, sync and async, splitting, errors."""
+"""triton_embeddings.client against the real server: both protocols, sync and async, splitting, errors."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from export.client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, IMAGE, ClipPipelineNames
 from tests import images
 from tests.conftest import CLIP_LABELS
 from tests.helpers import embed_grpc, infer_bytes
 from tests.texts import corpus
+from triton_embeddings.client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, IMAGE, ClipPipelineNames
 
 CLIP = ClipPipelineNames("clip-vit-b-32")
 FAST = "tiny-xlm-roberta"  # a tiny model, for the calls that send thousands of requests
@@ -130,5 +130,5 @@ def test_async_errors_and_images(server) -> None:
 
 
 def test_the_client_needs_no_torch() -> None:
-    code = "import sys, export.client; assert 'torch' not in sys.modules and 'onnxruntime' not in sys.modules"
+    code = "import sys, triton_embeddings.client; assert not {'torch', 'onnxruntime'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

@@ -19,13 +19,22 @@ import torch
 from PIL import Image, ImageOps
 from tritonclient.utils import InferenceServerException
 
-from export.names import CLIP_INPUT_IDS, EMBEDDING, IMAGE, LABEL, PIXEL_VALUES, SCORES, TEXT, ClipPipelineNames
 from tests import images
 from tests.clip_models import ClipReference
 from tests.conftest import CLIP_LABELS, CLIP_TEMPLATES
 from tests.helpers import cosine, embed_many, infer_bytes
 from tests.test_bad_input import post_infer
 from tests.texts import corpus, long_texts
+from triton_embeddings.names import (
+    CLIP_INPUT_IDS,
+    EMBEDDING,
+    IMAGE,
+    LABEL,
+    PIXEL_VALUES,
+    SCORES,
+    TEXT,
+    ClipPipelineNames,
+)
 
 PIPELINES = ["clip-vit-b-32", "clip-tiny"]
 CLIP_TEXTS = [*corpus(100), *long_texts(), "Fish &amp; chips &lt;3", "caf\u00c3\u00a9", "IT'S LOUD", "<end_of_text> x"]

@@ -9,11 +9,11 @@ import pytest
 import torch
 from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
-from export.clip_model import UnsupportedClipModelError, _tokenizer_settings, load_clip_model
-from export.clip_onnx import check_clip_onnx, export_clip_onnx
-from export.clip_pipeline import ClipExportOptions, export_clip, read_labels
-from export.default_model import default_model_path
+from export.clip.model import UnsupportedClipModelError, _tokenizer_settings, load_clip_model
+from export.clip.pipeline import ClipExportOptions, export_clip, read_labels
+from export.clip.trace import check_clip_onnx, export_clip_onnx
 from export.errors import InvalidArgumentError
+from export.text.default_model import default_model_path
 from export.validation import ExportValidationError
 
 

@@ -10,8 +10,9 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export.model_config import read_config
-from export.names import (
+from export.repository.config import read_config
+from export.repository.layout import model_names
+from triton_embeddings.names import (
     CLIP_INPUT_IDS,
     DEFAULT_INT8_PIPELINE,
     DEFAULT_TEXT_PIPELINE,
@@ -25,7 +26,6 @@ from export.names import (
     ClipPipelineNames,
     TextPipelineNames,
 )
-from export.repository import model_names
 
 PIPELINES = [DEFAULT_TEXT_PIPELINE, "tiny-bert", "tiny-xlm-roberta", "tiny-decoder"]
 
@@ -152,7 +152,7 @@ def test_python_runtime_defaults(repository: Path) -> None:
 
 def test_gpu_runtime_defaults(tmp_path: Path, tiny_models) -> None:
     from export.runtimes import ServingOptions
-    from export.text_pipeline import TextExportOptions, export_text
+    from export.text.pipeline import TextExportOptions, export_text
 
     gpu = ServingOptions(runtime="onnxruntime")
     options = TextExportOptions(str(tiny_models["tiny-xlm-roberta"].path), "gpu", tmp_path, serving=gpu)

@@ -11,12 +11,12 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules.dropout import Dropout
 
 from export.errors import InvalidArgumentError
-from export.model_config import read_config
-from export.python_steps import TokenizerSettings
-from export.repository import check_pipeline_name
-from export.sentence_transformer import UnsupportedModelError, load_text_model
-from export.text_onnx import check_text_onnx, export_text_onnx
-from export.text_pipeline import TextExportOptions, export_text
+from export.repository.config import read_config
+from export.repository.layout import check_pipeline_name
+from export.steps.writers import TokenizerSettings
+from export.text.model import UnsupportedModelError, load_text_model
+from export.text.pipeline import TextExportOptions, export_text
+from export.text.trace import check_text_onnx, export_text_onnx
 from export.validation import ExportValidationError
 from tests.conftest import PROMPTED
 from tests.helpers import embed_many

@@ -25,14 +25,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export import payloads
-from export.client import RECONNECT_BACKOFF_MS, AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-from export.clip_pipeline import ClipExportOptions, export_clip
-from export.names import ClipPipelineNames, TextPipelineNames
-from export.server import ServerOptions, TritonServer
-from export.text_pipeline import TextExportOptions, export_text
-from export.watchdog import Stub, stubs
+from export.clip.pipeline import ClipExportOptions, export_clip
+from export.serving.server import ServerOptions, TritonServer
+from export.serving.watchdog import Stub, stubs
+from export.text.pipeline import TextExportOptions, export_text
+from export.tools import payloads
 from tests.helpers import free_port
+from triton_embeddings.client import RECONNECT_BACKOFF_MS, AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
+from triton_embeddings.names import ClipPipelineNames, TextPipelineNames
 
 RECOVERY_SECONDS = 15
 RESTART_SECONDS = 60

@@ -13,15 +13,16 @@ import onnxruntime as ort
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from export import payloads
-from export.default_model import default_model_path
 from export.errors import InvalidArgumentError, UserError
-from export.model_config import Batching, read_config
-from export.names import ATTENTION_MASK, EMBEDDING, INPUT_IDS, TOKEN_TYPE_IDS, TextPipelineNames
-from export.python_steps import TokenizerSettings
-from export.runtimes import EncoderModel, ServingOptions, tensorrt_config
-from export.text_pipeline import TextExportOptions, export_text
+from export.repository.config import Batching, read_config
+from export.runtimes import EncoderModel, ServingOptions
+from export.runtimes.tensorrt import tensorrt_config, tensorrt_profile
+from export.steps.writers import TokenizerSettings
+from export.text.default_model import default_model_path
+from export.text.pipeline import TextExportOptions, export_text
+from export.tools import payloads
 from tests.helpers import cosine
+from triton_embeddings.names import ATTENTION_MASK, EMBEDDING, INPUT_IDS, TOKEN_TYPE_IDS, TextPipelineNames
 
 
 def test_every_encoder_is_warmed_up(repository: Path) -> None:
@@ -99,8 +100,6 @@ def test_fp16_encoder_agrees_with_fp32(tmp_path: Path) -> None:
 
 
 def test_tensorrt_optimization_profile() -> None:
-    from export.runtimes import tensorrt_profile
-
     inputs = [spec.with_dims(-1) for spec in (INPUT_IDS, ATTENTION_MASK)]
     encoder = EncoderModel("e", inputs, EMBEDDING.with_dims(384), Batching(64), sequence=(1, 32, 256))
     default = tensorrt_profile(encoder, ServingOptions(runtime="tensorrt"))

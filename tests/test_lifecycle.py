@@ -12,15 +12,15 @@ import pytest
 import tritonclient.http as httpclient
 
 from export.errors import InvalidArgumentError
-from export.model_config import read_config
-from export.names import ClipPipelineNames, TextPipelineNames
-from export.pipelines import pipelines, remove_pipeline
-from export.repository import model_names
+from export.repository.config import read_config
+from export.repository.layout import model_names
+from export.repository.records import pipelines, remove_pipeline
 from export.runtimes import ServingOptions
-from export.server import ServerOptions, TritonServer
-from export.text_pipeline import TextExportOptions, export_text
+from export.serving.server import ServerOptions, TritonServer
+from export.text.pipeline import TextExportOptions, export_text
 from tests.conftest import INT8
 from tests.helpers import embed_http, free_port
+from triton_embeddings.names import ClipPipelineNames, TextPipelineNames
 
 EXPECTED = {  # name: (kind, embedding size)
     "all-MiniLM-L6-v2": ("text", 384),
@@ -121,7 +121,7 @@ def test_reexport_replaces_atomically(two_pipelines: Path, tiny_models) -> None:
 
 
 def test_reexport_drops_models_the_new_export_has_not(tmp_path: Path, clip_models) -> None:
-    from export.clip_pipeline import ClipExportOptions, export_clip
+    from export.clip.pipeline import ClipExportOptions, export_clip
 
     repo, tiny = tmp_path / "repo", clip_models["clip-tiny"]
     names = ClipPipelineNames("c")
@@ -157,7 +157,7 @@ def test_load_and_unload_through_the_repository_api(two_pipelines: Path) -> None
 def test_staged_models_swap_leaves_no_window(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Hundreds of replacements of one model while a reader looks at it: with the exchange it
     is always there; with the two-rename fallback the reader does catch it missing."""
-    from export import repository as repo_module
+    from export.repository import layout as repo_module
 
     def write(repository: Path, index: int) -> None:
         with repo_module.staged_models(repository) as staging:

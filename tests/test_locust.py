@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from export.names import DEFAULT_TEXT_PIPELINE, ClipPipelineNames
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, ClipPipelineNames
 
 LOCUSTFILE = Path(__file__).parents[1] / "locustfiles" / "embeddings.py"
 USERS = ("json", "binary", "grpc")

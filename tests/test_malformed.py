@@ -16,9 +16,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from tritonclient.utils import InferenceServerException
 
-from export import payloads
-from export.names import DEFAULT_TEXT_PIPELINE, IMAGE, TEXT, ClipPipelineNames
+from export.tools import payloads
 from tests.helpers import infer_bytes
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, IMAGE, TEXT, ClipPipelineNames
 
 IMAGE_MODEL = ClipPipelineNames("clip-tiny").image
 EXAMPLES = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -18,12 +18,12 @@ import time
 import numpy as np
 from tritonclient.grpc import model_config_pb2
 
-from export import payloads
-from export.client import AsyncEmbeddingClient, EmbeddingError
-from export.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
 from export.runtimes import DEFAULTS
+from export.tools import payloads
 from tests.conftest import IMPATIENT, IMPATIENT_TIMEOUT_MS
 from tests.helpers import embed_grpc
+from triton_embeddings.client import AsyncEmbeddingClient, EmbeddingError
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
 
 MODEL = DEFAULT_TEXT_PIPELINE
 SECONDS = 6

@@ -7,7 +7,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from export.python_models.onnx_encoder.padding import extents, length_groups, trim
+from export.steps.onnx_encoder.padding import extents, length_groups, trim
 
 
 @given(st.lists(st.integers(1, 512), min_size=1, max_size=200), st.integers(1, 8192))

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from export.names import DEFAULT_TEXT_PIPELINE
 from tests.helpers import cosine, embed_many
 from tests.texts import corpus, long_texts
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE
 
 MIN_COSINE = 0.99999
 MAX_ABS_DIFF = 1e-4

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from export.names import DEFAULT_TEXT_PIPELINE, IMAGE, TEXT, ClipPipelineNames
-from export.perf_analyzer import INPUT_FILE
+from export.tools.perf_analyzer import INPUT_FILE
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, IMAGE, TEXT, ClipPipelineNames
 
 
 def test_every_pipeline_has_a_perf_analyzer_input_file(repository: Path) -> None:

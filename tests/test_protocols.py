@@ -12,9 +12,9 @@ import urllib.request
 
 import numpy as np
 
-from export.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT
 from tests.helpers import embed_grpc, embed_http
 from tests.texts import corpus
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT
 
 
 def test_http_json_http_binary_and_grpc_agree_exactly(http_client, grpc_client) -> None:

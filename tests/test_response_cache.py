@@ -9,11 +9,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from sentence_transformers import SentenceTransformer
 
-from export.model_config import read_config
-from export.names import DEFAULT_TEXT_PIPELINE
+from export.repository.config import read_config
 from tests.conftest import CACHED
 from tests.helpers import embed_grpc
 from tests.test_parity import assert_parity
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE
 
 
 def cache_counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:

@@ -13,10 +13,10 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from export.names import TextPipelineNames
-from export.server import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER, ServerError, ServerOptions, TritonServer
-from export.text_pipeline import TextExportOptions, export_text
+from export.serving.server import ADMIN_KEY_HEADER, GRPC_ADMIN_KEY_HEADER, ServerError, ServerOptions, TritonServer
+from export.text.pipeline import TextExportOptions, export_text
 from tests.helpers import embed_grpc, free_port
+from triton_embeddings.names import TextPipelineNames
 
 KEY = "s3cret-test-key"
 NAMES = TextPipelineNames("guarded")

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import tritonclient.http as httpclient
 
-from export.model_config import read_config
-from export.server import ServerError, ServerOptions, TritonServer
-from export.text_pipeline import TextExportOptions, export_text
+from export.repository.config import read_config
+from export.serving.server import ServerError, ServerOptions, TritonServer
+from export.text.pipeline import TextExportOptions, export_text
 from tests.helpers import embed_http, free_port
 
 PIPELINE = "tiny-xlm-roberta"

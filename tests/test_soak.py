@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from export import payloads
-from export.client import AsyncEmbeddingClient
-from export.names import DEFAULT_TEXT_PIPELINE, ClipPipelineNames
+from export.tools import payloads
+from triton_embeddings.client import AsyncEmbeddingClient
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, ClipPipelineNames
 
 SOAK_SECONDS = float(os.environ.get("SOAK_SECONDS", "180"))
 

@@ -1,0 +1,159 @@
+"""Read an open_clip model: its two towers, its tokenizer and its image preprocessing.
+
+Loading goes through open_clip itself (`create_model_and_transforms`, `get_tokenizer`), so
+architecture names, pretrained tags, checkpoint files and `local-dir:`/`hf-hub:` folders
+work as they do there. What the served steps need is read from what open_clip built: the
+tokenizer's vocabulary, merges, context length and text cleaning; the preprocess config
+(size, resize mode, interpolation, mean, std, fill). Nothing about a model is hard-coded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from export.errors import InvalidArgumentError, UserError
+from export.steps.image_preprocess.image_processing import PreprocessSettings
+from export.steps.writers import TokenizerSettings
+from triton_embeddings.names import CLIP_INPUT_IDS, EMBEDDING, PIXEL_VALUES, TensorSpec
+
+if TYPE_CHECKING:
+    import torch
+
+# open_clip's pre-tokenization pattern, special tokens aside (they are added tokens here).
+# open_clip compiles it case-insensitive, which matters for the contractions ("IT'S").
+_CLIP_PATTERN = r"""(?i:'s|'t|'re|'ve|'m|'ll|'d)|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+_CLEAN_KINDS = ("lower", "whitespace", "canonicalize")
+_SCHEMAS = ("hf-hub:", "local-dir:")
+
+
+class UnsupportedClipModelError(UserError):
+    """The model holds something we cannot serve faithfully."""
+
+
+@dataclass(frozen=True)
+class ClipModel:
+    """A loaded open_clip model, its reference tokenizer and transform, and our settings."""
+
+    model: torch.nn.Module
+    reference_tokenizer: Callable[[list[str]], torch.Tensor]
+    reference_preprocess: Callable[[Any], torch.Tensor]
+    tokenizer: TokenizerSettings
+    preprocess: PreprocessSettings
+    dimension: int
+    logit_scale: float
+
+    @property
+    def text_input(self) -> TensorSpec:
+        """The text encoder's input: token ids padded to the full context."""
+        return CLIP_INPUT_IDS.with_dims(self.tokenizer.pad_to_length)
+
+    @property
+    def image_input(self) -> TensorSpec:
+        """The image encoder's input: pixels at the preprocess size."""
+        return PIXEL_VALUES.with_dims(3, *self.preprocess.size)
+
+    @property
+    def embedding(self) -> TensorSpec:
+        return EMBEDDING.with_dims(self.dimension)
+
+
+def _import_open_clip():
+    try:
+        import open_clip
+    except ImportError as error:
+        raise ImportError("exporting CLIP models needs open_clip: pip install -e '.[export]'") from error
+    return open_clip
+
+
+def load_clip_model(arch: str, pretrained: str | None, *, draft: bool = True) -> ClipModel:
+    """`pretrained`: an open_clip tag, a checkpoint file, or "none" for random weights. Built-in
+    architecture names need one said explicitly: random weights by accident would serve noise.
+    `hf-hub:` and `local-dir:` names bring their own weights."""
+    if pretrained is None and not arch.startswith(_SCHEMAS):
+        raise InvalidArgumentError(f"{arch}: pass --pretrained TAG, a checkpoint file, or none for random weights")
+    open_clip = _import_open_clip()
+    weights = None if pretrained in (None, "none") else pretrained
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(arch)
+    return ClipModel(
+        model=model,
+        reference_tokenizer=tokenizer,
+        reference_preprocess=preprocess,
+        tokenizer=_tokenizer_settings(arch, tokenizer),
+        preprocess=_preprocess_settings(open_clip, model, draft),
+        dimension=_embedding_size(model, tokenizer),
+        logit_scale=float(model.logit_scale.detach().exp()),
+    )
+
+
+def _embedding_size(model: Any, tokenizer: Any) -> int:
+    import torch
+
+    with torch.no_grad():
+        return int(model.encode_text(tokenizer(["a"])).shape[-1])
+
+
+def _tokenizer_settings(arch: str, tokenizer: Any) -> TokenizerSettings:
+    """open_clip's CLIP BPE tokenizer as a `tokenizers` tokenizer: same vocabulary and merges,
+    same pre-tokenization, start/end tokens, truncation that keeps the end token, and padding
+    with 0 to the full context, as open_clip does."""
+    from open_clip.tokenizer import SimpleTokenizer, get_clean_fn
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+
+    if type(tokenizer) is not SimpleTokenizer:
+        raise UnsupportedClipModelError(
+            f"{arch}: tokenizer {type(tokenizer).__name__} is not supported yet (only open_clip's CLIP BPE tokenizer)"
+        )
+    if tokenizer.reduction_fn is not None:
+        raise UnsupportedClipModelError(f"{arch}: tokenizers with a reduction mask are not supported")
+    clean = [kind for kind in _CLEAN_KINDS if tokenizer.clean_fn is get_clean_fn(kind)]
+    if not clean:
+        raise UnsupportedClipModelError(f"{arch}: unknown text cleaning {tokenizer.clean_fn}")
+
+    merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
+    rust = Tokenizer(models.BPE(vocab=dict(tokenizer.encoder), merges=merges, end_of_word_suffix="</w>"))
+    rust.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(_CLIP_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    specials = [tokenizer.decoder[token_id] for token_id in tokenizer.all_special_ids]
+    rust.add_special_tokens(specials)
+    start, end = specials[0], specials[1]
+    rust.post_processor = processors.TemplateProcessing(
+        single=f"{start} $A {end}",
+        special_tokens=[(start, tokenizer.sot_token_id), (end, tokenizer.eot_token_id)],
+    )
+    return TokenizerSettings(
+        tokenizer_json=rust.to_str(),
+        max_length=tokenizer.context_length,
+        padding_side="right",
+        pad_token_id=0,
+        pad_token=tokenizer.decoder[0],
+        clean=clean[0],
+        pad_to_length=tokenizer.context_length,
+    )
+
+
+def _preprocess_settings(open_clip: Any, model: Any, draft: bool) -> PreprocessSettings:
+    from open_clip.transform import PreprocessCfg
+
+    cfg = asdict(PreprocessCfg(**open_clip.get_model_preprocess_cfg(model)))
+    size = cfg["size"] if isinstance(cfg["size"], (tuple, list)) else (cfg["size"], cfg["size"])
+    try:
+        return PreprocessSettings(
+            size=(int(size[0]), int(size[1])),
+            mean=tuple(float(x) for x in cfg["mean"]),
+            std=tuple(float(x) for x in cfg["std"]),
+            # "random" is a training-time choice; open_clip resizes with bicubic at inference.
+            interpolation="bicubic" if cfg["interpolation"] == "random" else cfg["interpolation"],
+            resize_mode=cfg["resize_mode"],
+            fill_color=int(cfg["fill_color"]),
+            draft=draft,
+        )
+    except ValueError as error:
+        raise UnsupportedClipModelError(f"preprocessing {cfg} is not supported: {error}") from None

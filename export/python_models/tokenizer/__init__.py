@@ -1,1 +1,0 @@
-"""See export/python_models/__init__.py."""

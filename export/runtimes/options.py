@@ -1,0 +1,108 @@
+"""How a pipeline is served: batching, queue bounds and instances, per runtime and as asked for.
+
+The defaults per runtime were measured on the 2-core CPU for `python`, and are starting points
+for one GPU for the GPU runtimes (docs/text-embeddings.md, docs/performance.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from export.errors import InvalidArgumentError
+from export.repository.config import Batching
+
+
+@dataclass(frozen=True)
+class ServingDefaults:
+    """Batching defaults per runtime: measured on the 2-core CPU for `python`; starting
+    points for one GPU for the GPU runtimes (see docs/text-embeddings.md)."""
+
+    max_batch_size: int
+    max_queue_delay_us: int
+    encoder_instances: int
+    tokenizer_instances: int
+    # Overload: a step lets 4 batches of one-item requests wait and rejects more at once. The
+    # timeout is only a backstop for requests that carry many items (the size bound counts
+    # requests): one full batch of long texts takes seconds on a CPU, and a request waiting
+    # 30 s has usually been given up by its client (common client and proxy timeouts: 30-60 s).
+    queue_batches: int = 4  # max queue size, in batches of max_batch_size
+    queue_timeout_ms: int = 30_000
+    # python runtime: a merged batch runs in groups of similar length, each within this many
+    # token positions (rows x longest row); see python_models/onnx_encoder/padding.py.
+    max_batch_tokens: int = 512
+    intra_op_spinning: bool = False  # python runtime: onnxruntime threads busy-wait for work
+    # Ensembles answer a request identical to an earlier one from Triton's response cache
+    # (when the server has one: serve --cache-mb). See docs/performance.md.
+    response_cache: bool = False
+
+
+_GPU = ServingDefaults(max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2)
+DEFAULTS = {
+    # Two encoder instances: while one runs a batch the other collects the next, and Triton
+    # 2.51's batcher stalls less with the queue policy on (docs/performance.md: c=32 +20-25%,
+    # p99 620 -> 210 ms; c=1 +50%). Each uses all cores: 4 threads on 2 when both run, still faster.
+    "python": ServingDefaults(max_batch_size=64, max_queue_delay_us=0, encoder_instances=2, tokenizer_instances=1),
+    "onnxruntime": _GPU,
+    "tensorrt": _GPU,
+}
+
+
+def check_runtime(runtime: str) -> str:
+    if runtime not in DEFAULTS:
+        raise InvalidArgumentError(f"unknown runtime {runtime!r}; choose one of {', '.join(DEFAULTS)}")
+    return runtime
+
+
+@dataclass(frozen=True)
+class ServingOptions:
+    """How a pipeline is served, as asked for on the command line; None: the runtime's default.
+
+    `step_instances` counts each Python step (tokenizer, image preprocess, classifier);
+    `instances` each encoder. `tensorrt*`: ONNX Runtime's TensorRT execution provider on the
+    `onnxruntime` runtime (fp16, and a folder, on the server, to cache built engines in);
+    `tensorrt_fp16` also applies to `--runtime tensorrt` engines.
+    """
+
+    runtime: str = "python"
+    max_batch_size: int | None = None
+    instances: int | None = None
+    step_instances: int | None = None
+    max_queue_delay_us: int | None = None
+    max_queue_size: int | None = None
+    queue_timeout_ms: int | None = None
+    intra_op_threads: int = 0
+    max_batch_tokens: int | None = None
+    intra_op_spinning: bool | None = None
+    response_cache: bool | None = None
+    tensorrt: bool = False
+    tensorrt_fp16: bool = False
+    tensorrt_cache: str | None = None
+    tensorrt_batch: tuple[int, int, int] | None = None  # --runtime tensorrt profile: min, opt, max
+    tensorrt_sequence: tuple[int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        check_runtime(self.runtime)
+        if (self.tensorrt or self.tensorrt_cache) and self.runtime != "onnxruntime":
+            raise InvalidArgumentError("--tensorrt and --tensorrt-cache apply to --runtime onnxruntime")
+        if (self.tensorrt_batch or self.tensorrt_sequence) and self.runtime != "tensorrt":
+            raise InvalidArgumentError("--tensorrt-batch and --tensorrt-sequence apply to --runtime tensorrt")
+        for name, triple in (("batch", self.tensorrt_batch), ("sequence", self.tensorrt_sequence)):
+            if triple is not None and not 1 <= triple[0] <= triple[1] <= triple[2]:
+                raise InvalidArgumentError(f"--tensorrt-{name} needs 1 <= min <= opt <= max, got {triple}")
+
+    def cache(self) -> bool:
+        """Whether the ensembles use the server's response cache."""
+        return DEFAULTS[self.runtime].response_cache if self.response_cache is None else self.response_cache
+
+    def batching(self) -> tuple[Batching, Batching]:
+        """(Python steps, encoders) batching, with the runtime's defaults filled in."""
+        defaults = DEFAULTS[self.runtime]
+        size = self.max_batch_size or defaults.max_batch_size
+        delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
+        queue = defaults.queue_batches * size if self.max_queue_size is None else self.max_queue_size
+        timeout_ms = defaults.queue_timeout_ms if self.queue_timeout_ms is None else self.queue_timeout_ms
+        bounds = {"max_queue_size": queue, "queue_timeout_us": timeout_ms * 1000}
+        return (
+            Batching(size, delay, self.step_instances or defaults.tokenizer_instances, **bounds),
+            Batching(size, delay, self.instances or defaults.encoder_instances, **bounds),
+        )

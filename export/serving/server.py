@@ -1,0 +1,406 @@
+"""Run the real Triton server that ships in the `nvidia-pytriton` wheel, on the CPU.
+
+The wheel holds the `tritonserver` binary, its shared libraries and the Python backend, but
+keeps the backend's stub apart from the backend folder. We assemble a backend folder of our
+own (links to the backend library, its utils module and the stub for this Python), point the
+server's libraries and Python-backend imports at the wheel and this environment, and start
+the binary in a process group of its own so that stopping it also stops its stub processes.
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib.util
+import ipaddress
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+
+from export.errors import UserError
+from export.repository.layout import DEFAULT_REPOSITORY, model_names
+from export.serving.watchdog import StubWatchdog
+
+CONTROL_MODES = ("none", "explicit")
+# APIs that change the server or read beyond inference results: behind the admin key.
+RESTRICTED_APIS = ("model-repository", "logging", "trace", "shared-memory")
+ADMIN_KEY_HEADER = "admin-key"  # HTTP header carrying the key
+GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"  # gRPC metadata: Triton prefixes it
+
+
+class ServerError(UserError):
+    """The server could not be found, started, or did not become ready."""
+
+
+@dataclass(frozen=True)
+class ServerOptions:
+    repository: Path = DEFAULT_REPOSITORY
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int = 8001
+    metrics_port: int = 8002
+    model_control_mode: str = "none"
+    load_models: tuple[str, ...] = ()
+    log_verbose: int = 0
+    admin_key: str | None = None
+    restart_dead_stubs: bool = True
+    # Triton's local response cache, used by ensembles exported with --response-cache. Memory
+    # is taken as entries arrive (a 384-d embedding is about 1.6 kB), up to this bound; the
+    # least recently used entries go first.
+    cache_mb: int = 256
+    extra_args: tuple[str, ...] = field(default=())
+
+    @property
+    def loopback(self) -> bool:
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: assume it can be reached from elsewhere
+            return False
+
+    @property
+    def local_host(self) -> str:
+        """Where a client on this machine reaches the server (a wildcard bind is not an address)."""
+        return {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(self.host, self.host)
+
+    @property
+    def http_url(self) -> str:
+        return f"{_bracket(self.local_host)}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{_bracket(self.local_host)}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://{_bracket(self.local_host)}:{self.metrics_port}/metrics"
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+@dataclass(frozen=True)
+class TritonInstall:
+    """The pieces of the nvidia-pytriton wheel the server needs."""
+
+    binary: Path
+    libraries: Path
+    python_backend: Path
+    stub: Path
+    caches: Path  # holds local/libtritoncache_local.so, the response cache
+
+    @classmethod
+    def find(cls) -> TritonInstall:
+        spec = importlib.util.find_spec("pytriton")
+        if spec is None or not spec.submodule_search_locations:
+            raise ServerError("the Triton server comes from the nvidia-pytriton wheel: pip install -e '.[serve]'")
+        package = Path(next(iter(spec.submodule_search_locations)))
+        server = package / "tritonserver"
+        version = f"{sys.version_info.major}.{sys.version_info.minor}"
+        install = cls(
+            binary=server / "bin" / "tritonserver",
+            libraries=package.parent / "nvidia_pytriton.libs",
+            python_backend=server / "backends" / "python",
+            stub=server / "python_backend_stubs" / version / "triton_python_backend_stub",
+            caches=server / "caches",
+        )
+        parts = (install.binary, install.libraries, install.python_backend, install.stub, install.caches)
+        missing = [path for path in parts if not path.exists()]
+        if missing:
+            raise ServerError(f"nvidia-pytriton is incomplete, missing: {', '.join(map(str, missing))}")
+        _check_libpython(version)
+        return install
+
+    def backend_directory(self, parent: Path) -> Path:
+        """A `--backend-directory` whose python/ folder also holds the stub (as the NGC image has)."""
+        python = parent / "backends" / "python"
+        python.mkdir(parents=True, exist_ok=True)
+        for source in (
+            self.python_backend / "libtriton_python.so",
+            self.python_backend / "triton_python_backend_utils.py",
+            self.stub,
+        ):
+            (python / source.name).symlink_to(source)
+        return python.parent
+
+
+def _check_libpython(version: str) -> None:
+    """The stub links the system's shared libpython, not the interpreter running us."""
+    name = f"libpython{version}.so.1.0"
+    try:
+        ctypes.CDLL(name)
+    except OSError:
+        raise ServerError(
+            f"the Python-backend stub needs {name}; install it with: apt-get install -y libpython{version}"
+        ) from None
+
+
+def server_environment(install: TritonInstall) -> dict[str, str]:
+    """The server's own libraries first, and this environment's packages for the stubs.
+
+    The stub embeds libpython in isolated mode: PYTHONPATH is ignored. What it does honour is
+    a venv: it looks up `python3` on PATH as its executable and reads the `pyvenv.cfg` beside
+    it, exactly as a venv's own interpreter does. Putting this interpreter's folder first on
+    PATH makes Python-backend models import numpy, tokenizers and onnxruntime from here.
+    """
+    env = dict(os.environ)
+    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(install.libraries), env.get("LD_LIBRARY_PATH")]))
+    env["PATH"] = os.pathsep.join(filter(None, [str(Path(sys.executable).parent), env.get("PATH")]))
+    return env
+
+
+def check_ports_free(options: ServerOptions) -> None:
+    for label, port in (("HTTP", options.http_port), ("gRPC", options.grpc_port), ("metrics", options.metrics_port)):
+        family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((options.host, port))
+            except OSError as error:
+                raise ServerError(
+                    f"cannot use port {port} ({label}) on {options.host}: {error.strerror}; "
+                    f"pick another with --{label.lower()}-port"
+                ) from None
+
+
+def check_exposure(options: ServerOptions) -> None:
+    """Off loopback, the admin APIs (load, unload, logging, trace) must be behind a key."""
+    if not options.loopback and not options.admin_key:
+        raise ServerError(
+            f"binding {options.host} would let anyone who reaches it load and unload models: "
+            "pass --admin-key KEY (or set TRITON_ADMIN_KEY), or bind 127.0.0.1"
+        )
+
+
+def check_repository(options: ServerOptions) -> None:
+    repository = options.repository
+    if options.model_control_mode not in CONTROL_MODES:
+        raise ServerError(f"model control mode must be one of {', '.join(CONTROL_MODES)}")
+    if not repository.is_dir():
+        raise ServerError(f"model repository {repository} does not exist; export a model first (README.md)")
+    present = model_names(repository)
+    if options.model_control_mode == "none" and not present:
+        raise ServerError(f"model repository {repository} holds no models; export one first (README.md)")
+    absent = [name for name in options.load_models if name not in present]
+    if absent:
+        raise ServerError(f"not in {repository}: {', '.join(absent)} (it has: {', '.join(present) or 'nothing'})")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM if the launching process dies, so no server
+    outlives a killed `serve` or test run."""
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+class TritonServer:
+    """A tritonserver process. Use as a context manager, or `start()` then `stop()`.
+
+    `log` is where the server's output goes: None forwards it to our own stdout/stderr.
+    """
+
+    def __init__(self, options: ServerOptions, log: IO[bytes] | None = None) -> None:
+        self.options = options
+        self.log = log
+        self.process: subprocess.Popen[bytes] | None = None
+        self.watchdog: StubWatchdog | None = None
+        self._workdir: tempfile.TemporaryDirectory[str] | None = None
+
+    def command(self, backend_directory: Path, install: TritonInstall) -> list[str]:
+        o = self.options
+        cmd = [
+            str(install.binary),
+            f"--model-repository={o.repository.resolve()}",
+            f"--backend-directory={backend_directory}",
+            f"--http-address={o.host}",
+            f"--http-port={o.http_port}",
+            f"--grpc-address={o.host}",
+            f"--grpc-port={o.grpc_port}",
+            f"--metrics-address={o.host}",
+            f"--metrics-port={o.metrics_port}",
+            "--allow-gpu-metrics=false",
+            "--pinned-memory-pool-byte-size=0",  # CPU only: no pinned (page-locked) staging buffers
+            "--metrics-config=summary_latencies=true",  # p50/p99 per model on the metrics port
+            # "none" runs as explicit with every model loaded at start: the same models, and
+            # the repository API the stub watchdog reloads a model through.
+            "--model-control-mode=explicit",
+            "--strict-readiness=true",
+            "--exit-timeout-secs=10",
+            f"--log-verbose={o.log_verbose}",
+        ]
+        loads = ["*"] if o.model_control_mode == "none" else o.load_models
+        cmd += [f"--load-model={name}" for name in loads]
+        if o.cache_mb:
+            cmd += [f"--cache-directory={install.caches}", f"--cache-config=local,size={o.cache_mb * 1024 * 1024}"]
+        if o.admin_key:
+            restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={o.admin_key}"
+            cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+        return cmd + list(o.extra_args)
+
+    def start(self) -> TritonServer:
+        check_exposure(self.options)
+        check_repository(self.options)
+        check_ports_free(self.options)
+        install = TritonInstall.find()
+        self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
+        backends = install.backend_directory(Path(self._workdir.name))
+        self.process = subprocess.Popen(
+            self.command(backends, install),
+            env=server_environment(install),
+            stdout=self.log,
+            stderr=subprocess.STDOUT if self.log else None,
+            start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+        return self
+
+    def wait_until_ready(self, timeout: float = 300.0) -> None:
+        """Poll /v2/health/ready, failing early if the process exits."""
+        url = f"http://{self.options.http_url}/v2/health/ready"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process is None or self.process.poll() is not None:
+                code = None if self.process is None else self.process.returncode
+                raise ServerError(f"tritonserver exited with code {code} before it was ready{self._log_hint()}")
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise ServerError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
+
+    def start_watchdog(self) -> None:
+        """Reload any model whose Python-backend stub dies (export/watchdog.py)."""
+        if self.options.restart_dead_stubs and self.process is not None and self.watchdog is None:
+            self.watchdog = StubWatchdog(
+                self.process.pid, self._model_ready, self._reload, self._instances, say=self._say
+            )
+            self.watchdog.start()
+
+    def _repository_call(self, path: str) -> bytes:
+        headers = {ADMIN_KEY_HEADER: self.options.admin_key} if self.options.admin_key else {}
+        request = urllib.request.Request(
+            f"http://{self.options.http_url}/v2/repository{path}", data=b"{}", headers=headers, method="POST"
+        )
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return response.read()
+
+    def _model_state(self, model: str) -> str | None:
+        index = json.loads(self._repository_call("/index"))
+        return next((entry.get("state") for entry in index if entry.get("name") == model), None)
+
+    def _model_ready(self, model: str) -> bool:
+        return self._model_state(model) == "READY"
+
+    def _instances(self, model: str) -> int:
+        """Instances the model's config asks for: one stub each on this CPU server."""
+        url = f"http://{self.options.http_url}/v2/models/{model}/config"
+        with urllib.request.urlopen(url, timeout=60) as response:
+            config = json.loads(response.read())
+        return sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
+
+    def _reload(self, model: str, timeout: float = 30.0) -> None:
+        """Unload, then load again once the unload has begun. (A plain `load` of an unchanged
+        model is a no-op: the dead instance would stay in service. Waiting for the unload to
+        finish can take a minute: Triton waits out the dead stub's timeouts.)"""
+        self._repository_call(f"/models/{model}/unload")
+        deadline = time.monotonic() + timeout
+        while self._model_state(model) == "READY" and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self._repository_call(f"/models/{model}/load")
+
+    @staticmethod
+    def _say(message: str) -> None:
+        print(message, file=sys.stderr, flush=True)
+
+    def _log_hint(self, lines: int = 60) -> str:
+        """The end of the server's log file, if it writes to one (else it is on our terminal)."""
+        name = getattr(self.log, "name", None)
+        if not isinstance(name, str) or not Path(name).is_file():
+            return ""
+        self.log.flush()
+        tail = Path(name).read_text(errors="replace").splitlines()[-lines:]
+        return f"; the end of its log ({name}):\n" + "\n".join(tail)
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        """SIGTERM (Triton unloads models and ends its stubs), then SIGKILL whatever remains."""
+        if self.watchdog is not None:
+            self.watchdog.stop()
+            self.watchdog = None
+        process, self.process = self.process, None
+        code = None
+        if process is not None:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)  # leftover stubs share the group
+            code = process.wait()
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+        return code
+
+    def __enter__(self) -> TritonServer:
+        self.start()
+        try:
+            self.wait_until_ready()
+            self.start_watchdog()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def serve_until_stopped(
+    server: TritonServer, on_ready: Callable[[], None], *, max_restarts: int = 5, window: float = 300.0
+) -> int:
+    """Run the server until it is stopped; restart it when it dies on its own.
+
+    Triton can crash on a single request (2.51's HTTP frontend segfaults on a JSON body
+    holding a string of 4 MiB or more, see docs/reliability.md). A crash ends every request
+    in flight; the restart brings the service back without an operator. More than
+    `max_restarts` crashes within `window` seconds is a loop, not an accident: give up.
+    Returns the exit code to report. KeyboardInterrupt (our SIGINT/SIGTERM) stops it.
+    """
+    crashes: list[float] = []
+    while True:
+        server.start()
+        try:
+            server.wait_until_ready()
+        except ServerError:
+            code = server.process.returncode if server.process is not None else None
+            server.stop()
+            if code is None or code >= 0:  # its own error (a model failed to load...): no retry
+                raise
+            # else killed by a signal while starting (a request can reach it first): a crash
+        else:
+            server.start_watchdog()
+            on_ready()
+            code = server.process.wait()
+            server.stop()
+        now = time.monotonic()
+        crashes = [t for t in crashes if now - t < window] + [now]
+        if len(crashes) > max_restarts:
+            print(f"error: tritonserver died {len(crashes)} times in {window:.0f} s; giving up", file=sys.stderr)
+            return code or 1
+        print(f"tritonserver exited with code {code}; restarting it", file=sys.stderr, flush=True)

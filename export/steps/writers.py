@@ -1,0 +1,140 @@
+"""The Python-backend steps of pipelines, written into model folders.
+
+Each writer copies the step's model.py (and its helper module) from export/python_models,
+writes the files it loads, and its config with the settings as parameters. The settings
+classes also run the step's helper here, so an exporter can check what will be served before
+writing it. No torch here.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from export.repository import config as model_config
+from export.repository.config import Batching
+from export.repository.layout import version_dir
+from export.steps.image_preprocess.image_processing import PreprocessSettings
+from export.steps.tokenizer.tokenization import CLEANERS, load_tokenizer, token_arrays
+from triton_embeddings.names import EMBEDDING, LABEL, SCORES, TensorSpec
+
+STEPS = Path(__file__).parent  # one folder per step kind: model.py and its helper module
+TOKENIZER_FILE = "tokenizer.json"
+LABEL_EMBEDDINGS_FILE = "label_embeddings.npy"
+
+
+def add_python_model(model_dir: Path, kind: str) -> Path:
+    """Copy the Python-backend `model.py` of `kind` (a folder of export/steps) and
+    the helper modules beside it into the model's version folder."""
+    source = STEPS / kind
+    if not (source / "model.py").is_file():
+        raise FileNotFoundError(f"no Python-backend model named {kind!r} in {STEPS}")
+    target = version_dir(model_dir)
+    for module in source.glob("*.py"):
+        if module.name != "__init__.py":
+            shutil.copyfile(module, target / module.name)
+    return target / "model.py"
+
+
+@dataclass(frozen=True)
+class TokenizerSettings:
+    """How the served tokenizer tokenizes: what its model.py reads from the config."""
+
+    tokenizer_json: str
+    max_length: int
+    padding_side: str
+    pad_token_id: int
+    pad_token: str
+    prefix: str = ""
+    clean: str = "none"
+    pad_to_length: int = 0
+    max_text_bytes: int = 1 << 20  # longer texts are refused; tokens past max_length are cut anyway
+
+    @classmethod
+    def from_model(cls, model_dir: Path) -> TokenizerSettings:
+        """The settings of an exported tokenizer model, read back from its folder."""
+        params = {key: value.string_value for key, value in model_config.read_config(model_dir).parameters.items()}
+        text = (version_dir(model_dir) / params.pop("tokenizer_file")).read_text(encoding="utf-8")
+        as_type = {field.name: int if field.type == "int" else str for field in fields(cls)}  # parameters are strings
+        return cls(tokenizer_json=text, **{key: as_type[key](value) for key, value in params.items()})
+
+    def load(self) -> Tokenizer:
+        """The Rust tokenizer, set up as the served tokenizer model.py sets it up."""
+        return load_tokenizer(
+            self.tokenizer_json,
+            max_length=self.max_length,
+            padding_side=self.padding_side,
+            pad_token_id=self.pad_token_id,
+            pad_token=self.pad_token,
+            pad_to_length=self.pad_to_length,
+        )
+
+    def tokenize(self, texts: Sequence[str], outputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
+        """Token arrays for `texts`, exactly as the served tokenizer emits them."""
+        encodings = self.load().encode_batch([CLEANERS[self.clean](self.prefix + text) for text in texts])
+        return token_arrays(encodings, {spec.name: spec.numpy_dtype for spec in outputs})
+
+    def parameters(self) -> dict[str, str]:
+        values = asdict(self)
+        del values["tokenizer_json"]  # a file of its own
+        return {"tokenizer_file": TOKENIZER_FILE} | {key: str(value) for key, value in values.items()}
+
+
+def write_tokenizer(
+    model_dir: Path,
+    name: str,
+    settings: TokenizerSettings,
+    text: TensorSpec,
+    outputs: Sequence[TensorSpec],
+    batching: Batching,
+) -> None:
+    add_python_model(model_dir, "tokenizer")
+    (version_dir(model_dir) / TOKENIZER_FILE).write_text(settings.tokenizer_json, encoding="utf-8")
+    config = model_config.python_model(name, [model_config.model_input(text)], outputs, batching, settings.parameters())
+    model_config.write_config(config, model_dir)
+
+
+def write_image_preprocess(
+    model_dir: Path,
+    name: str,
+    settings: PreprocessSettings,
+    image: TensorSpec,
+    pixels: TensorSpec,
+    batching: Batching,
+) -> None:
+    add_python_model(model_dir, "image_preprocess")
+    parameters = {"preprocess": settings.to_json()}
+    config = model_config.python_model(name, [model_config.model_input(image)], [pixels], batching, parameters)
+    model_config.write_config(config, model_dir)
+
+
+def classifier_parameters(labels: Sequence[str]) -> dict[str, str]:
+    """The labels, in SCORES order, readable from the config of the classifier and ensemble."""
+    return {"labels": json.dumps(list(labels), ensure_ascii=False)}
+
+
+def write_classifier(
+    model_dir: Path,
+    name: str,
+    labels: Sequence[str],
+    label_embeddings: np.ndarray,
+    logit_scale: float,
+    batching: Batching,
+) -> None:
+    """Zero-shot classifier: EMBEDDING -> LABEL, SCORES over `labels` (one embedding row each)."""
+    count, dimension = label_embeddings.shape
+    embedding, outputs = EMBEDDING.with_dims(dimension), [LABEL, SCORES.with_dims(count)]
+    add_python_model(model_dir, "zero_shot_classifier")
+    np.save(version_dir(model_dir) / LABEL_EMBEDDINGS_FILE, label_embeddings.astype(np.float32))
+    parameters = classifier_parameters(labels) | {
+        "label_embeddings_file": LABEL_EMBEDDINGS_FILE,
+        "logit_scale": repr(float(logit_scale)),
+    }
+    config = model_config.python_model(name, [model_config.model_input(embedding)], outputs, batching, parameters)
+    model_config.write_config(config, model_dir)

@@ -1,0 +1,147 @@
+"""The one place that names things: pipelines, their models, and the tensors between them.
+
+Exporter, Python-backend models (through the configs written from here), client, tests, load
+tests and docs all take names and dtypes from this module, so a rename happens in one line.
+It lives in the client package because the client needs it and must not import the exporter.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+# The pipeline Triton serves by default (`make serve`): sentence-transformers/all-MiniLM-L6-v2.
+DEFAULT_TEXT_PIPELINE = "all-MiniLM-L6-v2"
+DEFAULT_INT8_PIPELINE = f"{DEFAULT_TEXT_PIPELINE}-int8"  # the same, --precision int8 (tests, benchmarks)
+# The prompt each zero-shot label is put in, unless export is given others.
+DEFAULT_TEMPLATE = "a photo of {}."
+
+# Triton's ModelConfig data types, keyed by the KServe v2 datatype clients send.
+_TRITON_TYPES = {"BYTES": "TYPE_STRING", "FP32": "TYPE_FP32", "INT64": "TYPE_INT64", "INT32": "TYPE_INT32"}
+_NUMPY_TYPES = {"BYTES": np.object_, "FP32": np.float32, "INT64": np.int64, "INT32": np.int32}
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor as Triton sees it: name, KServe v2 datatype and dims without the batch axis.
+
+    -1 marks a dynamic axis. Dims that depend on the model (the embedding size) are filled in
+    with `with_dims` at export time.
+    """
+
+    name: str
+    datatype: str
+    dims: tuple[int, ...]
+
+    @property
+    def config_type(self) -> str:
+        """The ModelConfig DataType enum name, e.g. TYPE_STRING for BYTES."""
+        return _TRITON_TYPES[self.datatype]
+
+    @property
+    def numpy_dtype(self) -> type[np.generic]:
+        return _NUMPY_TYPES[self.datatype]
+
+    def with_dims(self, *dims: int) -> TensorSpec:
+        return replace(self, dims=tuple(dims))
+
+    def dynamic_axes(self) -> dict[int, str]:
+        """The axes that vary from request to request, batch included, as ONNX export's
+        `dynamic_axes` takes them: every -1 left after `with_dims` (token sequences)."""
+        varying = [axis + 1 for axis, dim in enumerate(self.dims) if dim < 0]
+        names = ["sequence"] if len(varying) == 1 else [f"axis{axis}" for axis in varying]
+        return {0: "batch", **dict(zip(varying, names, strict=True))}
+
+
+# What clients send and receive.
+TEXT = TensorSpec("TEXT", "BYTES", (1,))
+EMBEDDING = TensorSpec("EMBEDDING", "FP32", (-1,))
+IMAGE = TensorSpec("IMAGE", "BYTES", (1,))  # an encoded image file: raw bytes, base64 or data URI
+LABEL = TensorSpec("LABEL", "BYTES", (1,))  # zero-shot classification: the best label
+SCORES = TensorSpec("SCORES", "FP32", (-1,))  # and the softmax over all labels, in label order
+
+# Between tokenizer and encoder: the Hugging Face names, so the ONNX graph reads like the model.
+INPUT_IDS = TensorSpec("input_ids", "INT64", (-1,))
+ATTENTION_MASK = TensorSpec("attention_mask", "INT64", (-1,))
+TOKEN_TYPE_IDS = TensorSpec("token_type_ids", "INT64", (-1,))
+
+# CLIP steps. Token ids are int32: the text tower pools at the argmax of the ids, and ONNX
+# Runtime's ArgMax has int32 kernels on every version (int64 only on recent ones).
+CLIP_INPUT_IDS = TensorSpec("input_ids", "INT32", (-1,))
+PIXEL_VALUES = TensorSpec("pixel_values", "FP32", (3, -1, -1))
+
+
+@dataclass(frozen=True)
+class TextPipelineNames:
+    """Model names of one text pipeline: the ensemble clients call and its two steps."""
+
+    ensemble: str
+
+    @property
+    def tokenizer(self) -> str:
+        return f"{self.ensemble}_tokenizer"
+
+    @property
+    def encoder(self) -> str:
+        return f"{self.ensemble}_encoder"
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return (self.tokenizer, self.encoder)
+
+    @property
+    def models(self) -> tuple[str, ...]:
+        return (self.ensemble, *self.steps)
+
+
+@dataclass(frozen=True)
+class ClipPipelineNames:
+    """Model names of one CLIP export: three ensembles clients call, and their steps."""
+
+    name: str
+
+    @property
+    def text(self) -> str:
+        """Ensemble TEXT -> EMBEDDING."""
+        return f"{self.name}_text"
+
+    @property
+    def image(self) -> str:
+        """Ensemble IMAGE -> EMBEDDING."""
+        return f"{self.name}_image"
+
+    @property
+    def classify(self) -> str:
+        """Ensemble IMAGE -> LABEL, SCORES (only when exported with labels)."""
+        return f"{self.name}_classify"
+
+    @property
+    def text_tokenizer(self) -> str:
+        return f"{self.name}_text_tokenizer"
+
+    @property
+    def text_encoder(self) -> str:
+        return f"{self.name}_text_encoder"
+
+    @property
+    def image_preprocess(self) -> str:
+        return f"{self.name}_image_preprocess"
+
+    @property
+    def image_encoder(self) -> str:
+        return f"{self.name}_image_encoder"
+
+    @property
+    def classifier(self) -> str:
+        return f"{self.name}_classifier"
+
+    def ensembles(self, *, classify: bool) -> tuple[str, ...]:
+        return (self.text, self.image, self.classify) if classify else (self.text, self.image)
+
+    def steps(self, *, classify: bool) -> tuple[str, ...]:
+        steps = (self.text_tokenizer, self.text_encoder, self.image_preprocess, self.image_encoder)
+        return (*steps, self.classifier) if classify else steps
+
+    def models(self, *, classify: bool) -> tuple[str, ...]:
+        return self.ensembles(classify=classify) + self.steps(classify=classify)
