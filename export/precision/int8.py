@@ -1,11 +1,11 @@
 """int8 encoders for the CPU: smoothed activations, per-token activation scales, per-channel weights.
 
 onnxruntime's `quantize_dynamic` quantizes each activation with one scale for the whole
-tensor, which costs twice (docs/performance.md, "int8"):
+tensor, which costs twice (figures in docs/performance.md, "int8"):
 - quality: a few tokens and hidden channels carry values 10-100x the others, so the rest are
-  left with a handful of levels (cosine to fp32 0.80-0.95 per text on MiniLM);
+  left with a handful of levels;
 - reproducibility: the scale depends on every row in the batch, so a text's embedding changes
-  with the texts the batcher happens to merge it with (up to 1.7e-2 per value, measured).
+  with the texts the batcher happens to merge it with.
 
 So the graph is rewritten here, every weight MatMul `Y = X W` becoming
 
@@ -15,15 +15,15 @@ So the graph is rewritten here, every weight MatMul `Y = X W` becoming
 
 with `Wq = round(W / w)` int8 and `w` one scale per output column. Each row is quantized on
 its own, so results do not depend on the batch, and a row's outliers cost only that row.
-(uint8 activations: onnxruntime's int8 x int8 kernel ran 6x slower on this CPU.) The steps
+(uint8 activations: onnxruntime's int8 x int8 kernel is far slower on x86.) The steps
 before the MatMul are shared by the matrices reading one activation (Q, K and V).
 
 Before that, the activations that come from a layer norm are smoothed (the SmoothQuant idea):
 channel k is divided by s_k and row k of the weights multiplied by s_k, with
 s_k = max|X_k| ** ALPHA / max|W_k| ** (1 - ALPHA), max|X_k| measured on calibration inputs.
 Exact in fp32; it moves outlier channels from the activations into the weights. Inputs of
-the down-projections (the GELU's output) are not smoothed: with per-token scales smoothing
-them lowered the worst cosine (0.992 -> 0.985 at ALPHA 0.7, 0.2 and 0.4 likewise).
+the down-projections (the GELU's output) are not smoothed: with per-token scales, smoothing
+them lowered the worst cosine at every ALPHA tried.
 """
 
 from __future__ import annotations
@@ -33,14 +33,21 @@ from pathlib import Path
 
 import numpy as np
 
+# Weights use 7 bits (-63..63), not 8. Some of onnxruntime's x86 kernels multiply uint8 by int8
+# in pairs summed into int16, which saturates past 32767: with activations around the zero
+# point 128, 8-bit weights overflow it, and on an Intel Xeon MatMulIntegerToFloat's results were
+# off by up to 17% (an AMD EPYC's kernel was exact). 255 * 63 * 2 = 32130 cannot overflow, on
+# any kernel (docs/performance.md, "int8 on Intel CPUs").
+WEIGHT_LEVELS = 63
+ACTIVATION_LEVELS = 127  # uint8 codes 1..255 around the zero point 128
 ALPHA = 0.7  # smoothing strength, from a sweep over 0.5-0.85 on MiniLM
-CALIBRATION_TEXTS = 512  # generated texts (export/payloads.py) whose activations set the scales
+CALIBRATION_TEXTS = 512  # generated texts (export/tools/payloads.py) whose activations set the scales
 # Constants shared by every quantized MatMul, by initializer name.
 _ONE, _ZERO_POINT, _STEP, _TINY = "int8_one", "int8_zero_point", "int8_step", "int8_tiny"
 _CONSTANTS = {
     _ONE: np.float32(1.0),
-    _ZERO_POINT: np.uint8(128),
-    _STEP: np.float32(1 / 127),
+    _ZERO_POINT: np.uint8(ACTIVATION_LEVELS + 1),
+    _STEP: np.float32(1 / ACTIVATION_LEVELS),
     _TINY: np.float32(1e-12),  # keeps the scale of an all-zero row from dividing by zero
 }
 
@@ -139,8 +146,8 @@ def _quantize(model, consumers: Mapping[str, list], weights: Mapping) -> None:
         ]
         for node in matmuls:
             weight = numpy_helper.to_array(weights[node.input[1]])
-            column_scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / 127).astype(np.float32)
-            integers = np.clip(np.round(weight / column_scale), -127, 127).astype(np.int8)
+            column_scale = (np.maximum(np.abs(weight).max(axis=0), 1e-12) / WEIGHT_LEVELS).astype(np.float32)
+            integers = np.clip(np.round(weight / column_scale), -WEIGHT_LEVELS, WEIGHT_LEVELS).astype(np.int8)
             name, output = node.input[1], node.output[0]
             model.graph.initializer.append(numpy_helper.from_array(integers, f"{name}_int8"))
             model.graph.initializer.append(numpy_helper.from_array(column_scale, f"{name}_scale"))
