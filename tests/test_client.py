@@ -1,22 +1,26 @@
-"""triton_embeddings.client against the real server: both protocols, sync and async, splitting, errors."""
+"""triton_embeddings against the real server: both protocols, sync and async, splitting, errors;
+and its core (requests built from a model config, no server)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.http as httpclient
 from PIL import Image
 
+from export.tools.corpus import corpus
 from tests import images
 from tests.conftest import CLIP_LABELS
 from tests.helpers import embed_grpc, infer_bytes
-from tests.texts import corpus
-from triton_embeddings.client import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, IMAGE, ClipPipelineNames
+from triton_embeddings import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
+from triton_embeddings.core import Jobs, Pipeline
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, IMAGE, TEXT, ClipPipelineNames
 
 CLIP = ClipPipelineNames("clip-vit-b-32")
 FAST = "tiny-xlm-roberta"  # a tiny model, for the calls that send thousands of requests
@@ -129,6 +133,79 @@ def test_async_errors_and_images(server) -> None:
     assert error.index == 1 and "not valid UTF-8" in error.message
 
 
-def test_the_client_needs_no_torch() -> None:
-    code = "import sys, triton_embeddings.client; assert not {'torch', 'onnxruntime'} & set(sys.modules)"
+def test_async_timeout_is_an_embedding_error_on_python_3_10(server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On 3.10 `asyncio.wait_for` raises `asyncio.TimeoutError`, not the builtin TimeoutError
+    (they are one class from 3.11 on). Recreate 3.10 in asyncio: a distinct class, raised by the wait."""
+
+    class Python310TimeoutError(Exception):
+        pass
+
+    async def wait_for(awaitable, timeout):
+        awaitable.close()  # never sent: the reply "did not come"
+        raise Python310TimeoutError
+
+    async def call() -> None:
+        async with AsyncEmbeddingClient(server.options.grpc_url, timeout=0.25) as client:
+            await client.pipeline(DEFAULT_TEXT_PIPELINE)  # read before the patch: only the infer waits
+            monkeypatch.setattr(asyncio, "TimeoutError", Python310TimeoutError)
+            monkeypatch.setattr(asyncio, "wait_for", wait_for)
+            await client.embed_text(DEFAULT_TEXT_PIPELINE, ["a cat", "a dog"])
+
+    with pytest.raises(EmbeddingError) as caught:
+        asyncio.run(call())
+    assert caught.value.model == DEFAULT_TEXT_PIPELINE and caught.value.message == "no reply within 0.25 s"
+
+
+# The model config as the server gives it: HTTP's JSON has numbers, gRPC's (protobuf JSON) int64 dims as strings.
+def text_config(input_dims: list) -> dict:
+    return {
+        "name": "text",
+        "max_batch_size": 64,
+        "input": [{"name": TEXT.name, "data_type": "TYPE_STRING", "dims": input_dims}],
+        "output": [{"name": EMBEDDING.name, "data_type": "TYPE_FP32", "dims": ["384"]}],
+    }
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+@pytest.mark.parametrize("dims", [[1], ["1"], ["-1"]])
+def test_requests_are_shaped_by_the_config_and_split_by_max_batch_size(protocol: str, dims: list) -> None:
+    pipeline = Pipeline.from_config(text_config(dims))
+    job = Jobs(protocol).embed_text(pipeline, [f"text {i}" for i in range(150)])
+    assert [request.offset for request in job.requests] == [0, 64, 128]
+    for request, size in zip(job.requests, [64, 64, 22], strict=True):
+        (tensor,) = request.kwargs["inputs"]
+        assert (request.kwargs["model_name"], tensor.name(), tensor.datatype()) == ("text", TEXT.name, "BYTES")
+        assert tensor.shape() == [size, 1]
+        if protocol == "http":  # binary tensors both ways, not JSON
+            body, json_size = httpclient.InferenceServerClient.generate_request_body(
+                request.kwargs["inputs"], outputs=request.kwargs["outputs"]
+            )
+            header = json.loads(body[:json_size])
+            assert "binary_data_size" in header["inputs"][0]["parameters"]
+            assert header["outputs"] == [{"name": EMBEDDING.name, "parameters": {"binary_data": True}}]
+    empty = Jobs(protocol).embed_text(pipeline, [])
+    assert empty.requests == [] and empty.finish([]).shape == (0, 384)
+
+
+def test_core_refusals() -> None:
+    with pytest.raises(EmbeddingError, match="expected one value per item"):
+        Jobs("grpc").embed_text(Pipeline.from_config(text_config([2])), ["a", "b"])
+    with pytest.raises(TypeError, match="a list of texts"):
+        Jobs("grpc").embed_text(Pipeline.from_config(text_config([1])), "a cat")
+    config = {**text_config([1]), "input": [{"name": "ids", "data_type": "TYPE_INT64", "dims": ["-1"]}]}
+    with pytest.raises(EmbeddingError, match="not an embedding pipeline"):
+        Jobs("grpc").embed_text(Pipeline.from_config(config), ["a cat"])
+    with pytest.raises(ValueError, match="protocol must be one of"):
+        EmbeddingClient("localhost:1", "websocket")
+
+
+def test_the_client_needs_no_torch_and_nothing_of_export() -> None:
+    code = (
+        "import sys, triton_embeddings, triton_embeddings.client, triton_embeddings.aio\n"
+        "assert not {'torch', 'onnxruntime', 'tokenizers'} & set(sys.modules)\n"
+        "assert not [m for m in sys.modules if m == 'export' or m.startswith('export.')]\n"
+        # Imports from before the split keep working.
+        "from triton_embeddings.client import RECONNECT_BACKOFF_MS, AsyncEmbeddingClient, EmbeddingError\n"
+        "assert AsyncEmbeddingClient is triton_embeddings.AsyncEmbeddingClient"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)

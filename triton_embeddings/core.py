@@ -1,0 +1,285 @@
+"""What a client call means on the wire, shared by the blocking and the asyncio client; no I/O.
+
+Every public method of `EmbeddingClient` (client.py) and `AsyncEmbeddingClient` (aio.py) is a
+`Job`: the infer requests to send, and a function that turns their replies, in order, into
+the method's result. This module builds jobs from the pipeline's metadata (read from the
+model config once), splits lists into requests of at most `max_batch_size` items, shapes
+tensors from the config's dims, reads replies and maps server errors to `EmbeddingError`.
+The clients only send. A new method is a `Jobs` method here plus one line in each client:
+
+    def embed_text(self, model, texts):                        # client.py
+        return self._send(self._jobs.embed_text(self.pipeline(model), texts))
+
+    async def embed_text(self, model, texts):                  # aio.py
+        return await self._send(self._jobs.embed_text(await self.pipeline(model), texts))
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any, Generic, TypeVar
+
+import numpy as np
+from PIL import Image
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
+
+T = TypeVar("T")
+ImageInput = str | os.PathLike | bytes | Image.Image
+PROTOCOLS = ("grpc", "http")
+_ITEM_IN_MESSAGE = re.compile(r"\b[A-Za-z_]\w*\[(\d+)\]")  # "TEXT[3] is an empty string"
+
+# gRPC waits longer and longer between attempts to reach a server that is down (up to two
+# minutes), so after a restart a client could stay disconnected long after the server is back.
+# A cap of 1 s costs a local server nothing.
+RECONNECT_BACKOFF_MS = 1000
+
+
+class EmbeddingError(Exception):
+    """The server refused or failed a request: `model`, `index` of the item in the caller's
+    list when the server named one, and the server's `message`."""
+
+    def __init__(self, model: str, message: str, index: int | None = None) -> None:
+        self.model, self.message, self.index = model, message, index
+        where = f" (item {index})" if index is not None else ""
+        super().__init__(f"{model}{where}: {message}")
+
+
+Tensors = dict[str, tuple[str, tuple[int, ...]]]  # name -> (ModelConfig data type, dims without the batch axis)
+
+
+def wire_type(data_type: str) -> str:
+    """The KServe v2 datatype of a ModelConfig data type: TYPE_STRING -> BYTES, TYPE_FP32 -> FP32."""
+    return "BYTES" if data_type == "TYPE_STRING" else data_type.removeprefix("TYPE_")
+
+
+def _tensors(config: dict[str, Any], key: str) -> Tensors:
+    # dims arrive as strings over gRPC (protobuf's JSON for int64) and as numbers over HTTP.
+    return {t["name"]: (t["data_type"], tuple(int(d) for d in t.get("dims", []))) for t in config.get(key, [])}
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """What the server says about a model: its inputs, outputs, batch limit and labels."""
+
+    name: str
+    max_batch_size: int
+    inputs: Tensors
+    outputs: Tensors
+    labels: tuple[str, ...] = ()
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Pipeline:
+        """From the model config as JSON (HTTP's reply, or gRPC's with `as_json=True`)."""
+        labels = config.get("parameters", {}).get("labels", {}).get("string_value")
+        return cls(
+            name=config["name"],
+            max_batch_size=max(1, int(config.get("max_batch_size", 1))),
+            inputs=_tensors(config, "input"),
+            outputs=_tensors(config, "output"),
+            labels=tuple(json.loads(labels)) if labels else (),
+        )
+
+    @property
+    def input(self) -> str:
+        """The one BYTES input every embedding pipeline has (TEXT or IMAGE)."""
+        if len(self.inputs) != 1 or next(iter(self.inputs.values()))[0] != "TYPE_STRING":
+            raise EmbeddingError(self.name, "not an embedding pipeline: expected one BYTES input")
+        return next(iter(self.inputs))
+
+    def output(self, data_type: str) -> str:
+        """The one output of `data_type` (TYPE_FP32: the embedding or scores; TYPE_STRING: the label)."""
+        names = [name for name, (kind, _) in self.outputs.items() if kind == data_type]
+        if len(names) != 1:
+            raise EmbeddingError(self.name, f"expected one {data_type} output, the model has {list(self.outputs)}")
+        return names[0]
+
+    def rows(self, name: str, items: Sequence[Any]) -> np.ndarray:
+        """`items` as input `name`'s tensor: one item per row, shaped by the config's dims
+        (the pipelines' BYTES inputs have dims [1]; a dynamic axis holds the one value)."""
+        data_type, dims = self.inputs[name]
+        shape = tuple(1 if dim < 0 else dim for dim in dims)
+        if math.prod(shape) != 1:
+            raise EmbeddingError(self.name, f"input {name} has dims {list(dims)}: expected one value per item")
+        return np.array(items, dtype=triton_to_np_dtype(wire_type(data_type))).reshape(len(items), *shape)
+
+    def empty(self, name: str) -> np.ndarray:
+        """What output `name` of no items looks like: [0, *dims]."""
+        data_type, dims = self.outputs[name]
+        return np.zeros((0, *(max(dim, 0) for dim in dims)), dtype=triton_to_np_dtype(wire_type(data_type)))
+
+    def chunks(self, count: int) -> Iterator[slice]:
+        for start in range(0, count, self.max_batch_size):
+            yield slice(start, min(start + self.max_batch_size, count))
+
+
+def image_bytes(image: ImageInput) -> bytes:
+    """An encoded image file: bytes as given, a file read, a PIL image saved as PNG (lossless)."""
+    if isinstance(image, bytes):
+        return image
+    if isinstance(image, Image.Image):
+        buffer = io.BytesIO()
+        (image if image.mode in ("1", "L", "LA", "P", "RGB", "RGBA", "I;16") else image.convert("RGB")).save(
+            buffer, format="PNG"
+        )
+        return buffer.getvalue()
+    with open(image, "rb") as file:
+        return file.read()
+
+
+def images_bytes(images: Sequence[ImageInput]) -> list[bytes]:
+    return [image_bytes(image) for image in images]
+
+
+def text_bytes(texts: Sequence[str | bytes]) -> list[bytes]:
+    if isinstance(texts, (str, bytes)):
+        raise TypeError("pass a list of texts, not a single string")
+    return [text.encode() if isinstance(text, str) else text for text in texts]
+
+
+@contextmanager
+def server_errors(model: str, offset: int = 0) -> Iterator[None]:
+    """Raise the server's errors as `EmbeddingError`; an item the message names ("TEXT[3]")
+    becomes an index into the caller's list, `offset` being the request's first item there."""
+    try:
+        yield
+    except InferenceServerException as error:
+        message = error.message() or str(error)
+        named = _ITEM_IN_MESSAGE.search(message)
+        raise EmbeddingError(model, message, offset + int(named.group(1)) if named else None) from None
+
+
+@dataclass(frozen=True)
+class Request:
+    """One infer call: tritonclient's `infer` keyword arguments, and the index of its first
+    item in the caller's list."""
+
+    kwargs: dict[str, Any]
+    offset: int
+
+
+@dataclass(frozen=True)
+class Job(Generic[T]):
+    """A call as the clients send it: `requests` (any order, concurrently), then `finish` on
+    their replies in the order of `requests`. No requests: `finish([])` (an empty list in)."""
+
+    model: str
+    requests: list[Request]
+    finish: Callable[[list[Any]], T]
+
+    def errors(self, request: Request):
+        """Context manager around waiting for `request`'s reply."""
+        return server_errors(self.model, request.offset)
+
+    def no_reply(self, timeout: float | None) -> EmbeddingError:
+        return EmbeddingError(self.model, f"no reply within {timeout} s", None)
+
+
+def transport(protocol: str, aio: bool) -> ModuleType:
+    """tritonclient's module for `protocol`, blocking or asyncio; only that one is imported."""
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")
+    if protocol == "grpc":
+        import tritonclient.grpc as grpc
+        import tritonclient.grpc.aio as grpc_aio
+
+        return grpc_aio if aio else grpc
+    import tritonclient.http as http
+    import tritonclient.http.aio as http_aio
+
+    return http_aio if aio else http
+
+
+def grpc_channel_args() -> list[tuple[str, int]]:
+    """tritonclient's own channel options (channel_args replaces them: unlimited message sizes,
+    its keepalive defaults), plus the reconnect backoff cap."""
+    from tritonclient.grpc import KeepAliveOptions
+
+    keepalive = KeepAliveOptions()
+    return [
+        ("grpc.max_send_message_length", 2**31 - 1),
+        ("grpc.max_receive_message_length", 2**31 - 1),
+        ("grpc.keepalive_time_ms", keepalive.keepalive_time_ms),
+        ("grpc.keepalive_timeout_ms", keepalive.keepalive_timeout_ms),
+        ("grpc.keepalive_permit_without_calls", keepalive.keepalive_permit_without_calls),
+        ("grpc.http2.max_pings_without_data", keepalive.http2_max_pings_without_data),
+        ("grpc.initial_reconnect_backoff_ms", 100),
+        ("grpc.min_reconnect_backoff_ms", 100),
+        ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+    ]
+
+
+class Jobs:
+    """One client's protocol and the pipelines it has read; builds its jobs."""
+
+    def __init__(self, protocol: str) -> None:
+        self.protocol = protocol
+        self.module = transport(protocol, aio=False)  # InferInput and InferRequestedOutput, also for aio
+        self.pipelines: dict[str, Pipeline] = {}
+        # gRPC answers get_model_config with a protobuf unless asked for JSON; HTTP always sends JSON.
+        self.config_options: dict[str, Any] = {"as_json": True} if protocol == "grpc" else {}
+
+    def remember(self, model: str, reply: dict[str, Any]) -> Pipeline:
+        """The pipeline from `model`'s get_model_config reply, kept for the client's later calls."""
+        self.pipelines[model] = Pipeline.from_config(reply["config"] if self.protocol == "grpc" else reply)
+        return self.pipelines[model]
+
+    def embed_text(self, pipeline: Pipeline, texts: Sequence[str | bytes]) -> Job[np.ndarray]:
+        return self._embed(pipeline, text_bytes, texts)
+
+    def embed_image(self, pipeline: Pipeline, images: Sequence[ImageInput]) -> Job[np.ndarray]:
+        return self._embed(pipeline, images_bytes, images)
+
+    def classify(self, pipeline: Pipeline, images: Sequence[ImageInput]) -> Job[list[tuple[str, np.ndarray]]]:
+        name, (label, scores) = self._signature(pipeline, "TYPE_STRING", "TYPE_FP32")
+
+        def finish(replies: list[Any]) -> list[tuple[str, np.ndarray]]:
+            labels, rows = self._concatenate(pipeline, replies, label), self._concatenate(pipeline, replies, scores)
+            return [(text.decode(), row) for text, row in zip(labels.reshape(-1), rows, strict=True)]
+
+        return self._job(pipeline, name, images_bytes(images), [label, scores], finish)
+
+    def _embed(self, pipeline: Pipeline, encode: Callable[[Any], list[bytes]], values: Any) -> Job[np.ndarray]:
+        name, (output,) = self._signature(pipeline, "TYPE_FP32")
+        return self._job(
+            pipeline, name, encode(values), [output], lambda replies: self._concatenate(pipeline, replies, output)
+        )
+
+    @staticmethod
+    def _signature(pipeline: Pipeline, *data_types: str) -> tuple[str, list[str]]:
+        """The pipeline's BYTES input and its output of each data type, checked before any
+        input is read: a call to the wrong model fails on that first."""
+        return pipeline.input, [pipeline.output(data_type) for data_type in data_types]
+
+    def _job(
+        self, pipeline: Pipeline, name: str, items: list[bytes], outputs: list[str], finish: Callable[[list[Any]], T]
+    ) -> Job[T]:
+        """`items` into input `name`, split into requests of at most `max_batch_size`."""
+        requests = [
+            Request(self._infer(pipeline, {name: pipeline.rows(name, items[chunk])}, outputs), chunk.start)
+            for chunk in pipeline.chunks(len(items))
+        ]
+        return Job(pipeline.name, requests, finish)
+
+    def _infer(self, pipeline: Pipeline, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, Any]:
+        """Keyword arguments of tritonclient's `infer`; binary tensors over HTTP (JSON is the default)."""
+        binary = {"binary_data": True} if self.protocol == "http" else {}
+        tensors = []
+        for name, array in inputs.items():
+            tensors.append(self.module.InferInput(name, list(array.shape), wire_type(pipeline.inputs[name][0])))
+            tensors[-1].set_data_from_numpy(array, **binary)
+        requested = [self.module.InferRequestedOutput(name, **binary) for name in outputs]
+        return {"model_name": pipeline.name, "inputs": tensors, "outputs": requested}
+
+    @staticmethod
+    def _concatenate(pipeline: Pipeline, replies: list[Any], output: str) -> np.ndarray:
+        if not replies:
+            return pipeline.empty(output)
+        return np.concatenate([reply.as_numpy(output) for reply in replies])
