@@ -9,10 +9,10 @@ import pytest
 import torch
 from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
-from export.clip.model import UnsupportedClipModelError, _tokenizer_settings, load_clip_model
+from export.clip.model import UnsupportedClipModelError, load_clip_model, tokenizer_settings
 from export.clip.pipeline import ClipExportOptions, export_clip, read_labels
 from export.clip.trace import check_clip_onnx, export_clip_onnx
-from export.errors import InvalidArgumentError
+from export.errors import InvalidArgumentError, UserError
 from export.text.default_model import default_model_path
 from export.validation import ExportValidationError
 
@@ -29,6 +29,21 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory, clip_models):
 def test_built_in_architectures_need_weights_said_explicitly(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgumentError, match="pass --pretrained TAG, a checkpoint file, or none"):
         export_clip(ClipExportOptions(arch="ViT-B-32", name="x", pretrained=None, repository=tmp_path))
+
+
+def test_models_open_clip_cannot_find_are_said_so_before_loading(tmp_path: Path) -> None:
+    """An unknown architecture, tag or folder: one sentence naming it, not open_clip's list of
+    150 names or a traceback; every one a UserError, raised before any weights are built."""
+    errors = {
+        ("ViT-B-33", "none"): r"ViT-B-33: unknown open_clip architecture; close matches: ViT-B-32.*list_models\(\)",
+        ("vit-b-32", "none"): r"vit-b-32: unknown open_clip architecture; close matches: ViT-B-32",
+        ("ViT-B-32", "nopenai"): r"ViT-B-32: --pretrained 'nopenai' is neither a pretrained tag of it \(tags: .*openai",
+        (f"local-dir:{tmp_path / 'none'}", None): r"local-dir:.*none: no such folder",
+        (f"local-dir:{tmp_path}", None): r"local-dir:.*: no open_clip_config.json in it",
+    }
+    for (arch, pretrained), message in errors.items():
+        with pytest.raises(UserError, match=message):
+            load_clip_model(arch, pretrained)
 
 
 def test_templates_need_one_placeholder(tmp_path: Path) -> None:
@@ -50,9 +65,9 @@ def test_labels_file(tmp_path: Path) -> None:
 
 def test_tokenizers_we_cannot_reproduce_are_refused() -> None:
     with pytest.raises(UnsupportedClipModelError, match="tokenizer HFTokenizer is not supported yet"):
-        _tokenizer_settings("hf-model", HFTokenizer(str(default_model_path())))
+        tokenizer_settings("hf-model", HFTokenizer(str(default_model_path())))
     with pytest.raises(UnsupportedClipModelError, match="reduction mask"):
-        _tokenizer_settings("masked", SimpleTokenizer(reduction_mask="simple"))
+        tokenizer_settings("masked", SimpleTokenizer(reduction_mask="simple"))
 
 
 def test_the_checks_pass_on_a_faithful_export(tiny_export) -> None:

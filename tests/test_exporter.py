@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -10,18 +11,19 @@ import torch
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.sentence_transformer.modules.dropout import Dropout
 
-from export.errors import InvalidArgumentError
+from export.errors import InvalidArgumentError, UserError
 from export.repository.config import read_config
 from export.repository.layout import check_pipeline_name
 from export.steps.writers import TokenizerSettings
+from export.text import model as text_model
 from export.text.model import UnsupportedModelError, load_text_model
 from export.text.pipeline import TextExportOptions, export_text
 from export.text.trace import check_text_onnx, export_text_onnx
+from export.tools.corpus import corpus
 from export.validation import ExportValidationError
 from tests.conftest import PROMPTED
 from tests.helpers import embed_many
 from tests.test_parity import assert_parity
-from tests.texts import corpus
 
 
 def test_prompt_and_max_length_are_applied_by_the_served_tokenizer(grpc_client, tiny_models) -> None:
@@ -37,9 +39,43 @@ def test_prompt_and_max_length_are_applied_by_the_served_tokenizer(grpc_client, 
 def test_unsupported_module_is_refused_by_name(tmp_path: Path, tiny_models) -> None:
     model = SentenceTransformer(str(tiny_models["tiny-bert"].path), device="cpu")
     SentenceTransformer(modules=[*model, Dropout(0.1)]).save(str(tmp_path / "with-dropout"))
-    with pytest.raises(UnsupportedModelError, match="module Dropout is not supported"):
+    with pytest.raises(UnsupportedModelError, match=r"module Dropout \(sentence_transformers\..*\) is not supported"):
         export_text(TextExportOptions(model=str(tmp_path / "with-dropout"), name="x", repository=tmp_path / "repo"))
     assert not (tmp_path / "repo" / "x").exists()
+
+
+class Pooling(torch.nn.Module):
+    """Named like sentence-transformers' Pooling, as a model's own code may name its class,
+    but computing something else: the exporter must not take it for the one it reproduces."""
+
+    include_prompt = True
+
+    def forward(self, features: dict) -> dict:
+        return features | {"sentence_embedding": features["token_embeddings"].amax(dim=1)}
+
+
+def test_a_module_is_known_by_its_class_not_its_name(tiny_models) -> None:
+    model = SentenceTransformer(str(tiny_models["tiny-bert"].path), device="cpu")
+    impostor = SentenceTransformer(modules=[model[0], Pooling()], device="cpu")
+    with pytest.raises(
+        UnsupportedModelError, match=r"module Pooling \(tests\.test_exporter\.Pooling\) is not supported"
+    ):
+        text_model.check_modules(impostor)
+    text_model.check_modules(model)  # sentence-transformers' own Pooling passes
+
+
+def test_missing_or_unreadable_folders_are_said_so(tmp_path: Path) -> None:
+    not_found = text_model.ModelNotFoundError
+    with pytest.raises(not_found, match=re.escape(f"{tmp_path / 'nothing'}: no such folder")) as raised:
+        load_text_model(str(tmp_path / "nothing"))
+    assert isinstance(raised.value, UserError)
+    (tmp_path / "file").write_text("not a model")
+    with pytest.raises(not_found, match="is a file, not a sentence-transformers folder"):
+        load_text_model(str(tmp_path / "file"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(not_found, match="empty: cannot load it") as raised:
+        load_text_model(str(tmp_path / "empty"))
+    assert isinstance(raised.value.__cause__, (OSError, ValueError))  # what transformers raised
 
 
 def test_unknown_prompt_is_refused(tiny_models) -> None:

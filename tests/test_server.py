@@ -14,9 +14,9 @@ import pytest
 import tritonclient.http as httpclient
 
 from export.repository.config import read_config
-from export.serving.server import ServerError, ServerOptions, TritonServer
+from export.serving.server import ServerError, ServerOptions, TritonServer, free_port
 from export.text.pipeline import TextExportOptions, export_text
-from tests.helpers import embed_http, free_port
+from tests.helpers import embed_http
 
 PIPELINE = "tiny-xlm-roberta"
 
@@ -99,15 +99,15 @@ def test_serve_refuses_a_taken_port(small_repository: Path) -> None:
             args = ports()
             args[args.index(flag) + 1] = str(port)
             done = subprocess.run(serve_command(small_repository, *args), capture_output=True, text=True, timeout=60)
-            assert done.returncode == 2
+            assert done.returncode == 1
             assert f"cannot use port {port} ({label}) on 127.0.0.1" in done.stderr
 
 
 def test_serve_refuses_an_empty_or_missing_repository(tmp_path: Path) -> None:
     done = subprocess.run(serve_command(tmp_path, *ports()), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "holds no models; export one first" in done.stderr
+    assert done.returncode == 1 and "holds no models; export one first" in done.stderr
     done = subprocess.run(serve_command(tmp_path / "nowhere", *ports()), capture_output=True, text=True, timeout=60)
-    assert done.returncode == 2 and "does not exist" in done.stderr
+    assert done.returncode == 1 and "does not exist" in done.stderr
 
 
 def test_explicit_mode_loads_only_what_is_asked(small_repository: Path, tiny_models, tmp_path: Path) -> None:

@@ -9,11 +9,13 @@ tokenizer's vocabulary, merges, context length and text cleaning; the preprocess
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.errors import InvalidArgumentError, UserError
+from export.errors import InvalidArgumentError, ModelNotFoundError, UserError, first_line
 from export.steps.image_preprocess.image_processing import PreprocessSettings
 from export.steps.writers import TokenizerSettings
 from triton_embeddings.names import CLIP_INPUT_IDS, EMBEDDING, PIXEL_VALUES, TensorSpec
@@ -75,18 +77,53 @@ def load_clip_model(arch: str, pretrained: str | None, *, draft: bool = True) ->
         raise InvalidArgumentError(f"{arch}: pass --pretrained TAG, a checkpoint file, or none for random weights")
     open_clip = _import_open_clip()
     weights = None if pretrained in (None, "none") else pretrained
-    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
+    _check_findable(open_clip, arch, weights)
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
+        tokenizer = open_clip.get_tokenizer(arch)
+    except (OSError, RuntimeError, ValueError) as error:  # downloads, files, checkpoints
+        given = f"{arch} --pretrained {pretrained}" if weights else arch
+        raise ModelNotFoundError(f"{given}: cannot load it: {first_line(error)}") from error
     model.eval()
-    tokenizer = open_clip.get_tokenizer(arch)
     return ClipModel(
         model=model,
         reference_tokenizer=tokenizer,
         reference_preprocess=preprocess,
-        tokenizer=_tokenizer_settings(arch, tokenizer),
+        tokenizer=tokenizer_settings(arch, tokenizer),
         preprocess=_preprocess_settings(open_clip, model, draft),
         dimension=_embedding_size(model, tokenizer),
         logit_scale=float(model.logit_scale.detach().exp()),
     )
+
+
+def _check_findable(open_clip: Any, arch: str, weights: str | None) -> None:
+    """What open_clip would not find, said in one line before anything is built or downloaded
+    (open_clip's own error for an unknown architecture lists all 150 it knows)."""
+    if arch.startswith("local-dir:"):
+        folder = Path(arch.removeprefix("local-dir:"))
+        if not folder.is_dir():
+            raise ModelNotFoundError(f"{arch}: no such folder")
+        if not (folder / "open_clip_config.json").is_file():
+            raise ModelNotFoundError(f"{arch}: no open_clip_config.json in it")
+    if arch.startswith(_SCHEMAS):
+        return
+    name = arch.replace("/", "-")  # open_clip reads the legacy ViT-B/32 as ViT-B-32
+    if name not in open_clip.list_models():
+        close = _close_matches(name, open_clip.list_models())
+        hint = f"; close matches: {', '.join(close)}" if close else ""
+        raise ModelNotFoundError(f"{arch}: unknown open_clip architecture{hint} (all: open_clip.list_models())")
+    if weights and not open_clip.get_pretrained_cfg(name, weights) and not Path(weights).is_file():
+        tags = open_clip.list_pretrained_tags_by_model(name)
+        listed = ", ".join(_close_matches(weights, tags) or tags) or "none"
+        raise ModelNotFoundError(
+            f"{arch}: --pretrained {weights!r} is neither a pretrained tag of it (tags: {listed}) nor a checkpoint file"
+        )
+
+
+def _close_matches(name: str, known: list[str]) -> list[str]:
+    """Up to four of `known` close to `name`, ignoring case."""
+    by_lower = {option.lower(): option for option in known}
+    return [by_lower[match] for match in difflib.get_close_matches(name.lower(), list(by_lower), n=4)]
 
 
 def _embedding_size(model: Any, tokenizer: Any) -> int:
@@ -96,7 +133,7 @@ def _embedding_size(model: Any, tokenizer: Any) -> int:
         return int(model.encode_text(tokenizer(["a"])).shape[-1])
 
 
-def _tokenizer_settings(arch: str, tokenizer: Any) -> TokenizerSettings:
+def tokenizer_settings(arch: str, tokenizer: Any) -> TokenizerSettings:
     """open_clip's CLIP BPE tokenizer as a `tokenizers` tokenizer: same vocabulary and merges,
     same pre-tokenization, start/end tokens, truncation that keeps the end token, and padding
     with 0 to the full context, as open_clip does."""

@@ -9,12 +9,13 @@ something subtly different.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 from tokenizers import Tokenizer
 
-from export.errors import UserError
+from export.errors import ModelNotFoundError, UserError, first_line
 from export.steps.writers import TokenizerSettings
 from triton_embeddings.names import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, TensorSpec
 
@@ -61,9 +62,9 @@ def load_text_model(
 ) -> TextModel:
     """Load `model_id` (hub id or folder) on the CPU and check we can serve it as is."""
     st = _import_sentence_transformers()
-    model = st.SentenceTransformer(model_id, device="cpu", trust_remote_code=trust_remote_code)
+    model = _load(st, model_id, trust_remote_code)
     model.eval()
-    _check_modules(model)
+    check_modules(model)
     transformer = model[0]
     tokenizer = transformer.tokenizer
     if tokenizer is None or not tokenizer.is_fast:
@@ -90,6 +91,31 @@ def load_text_model(
     return TextModel(model, tuple(inputs), model.get_embedding_dimension(), settings)
 
 
+def _load(st, model_id: str, trust_remote_code: bool) -> SentenceTransformer:
+    """SentenceTransformer(model_id), with what the user got wrong said in one line: a folder
+    that is not there or holds no model, a hub id the hub does not have, a hub that cannot be
+    reached (OSError), an id that is not one or code the model needs run (ValueError)."""
+    folder = _local_folder(model_id)
+    try:
+        return st.SentenceTransformer(model_id, device="cpu", trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as error:
+        source = "from its folder" if folder else "from the Hugging Face hub"
+        raise ModelNotFoundError(f"{model_id}: cannot load it {source}: {first_line(error)}") from error
+
+
+def _local_folder(model_id: str) -> Path | None:
+    """The folder `model_id` names, or None for a hub id (`org/name`); a path to nothing is
+    refused here, rather than looked up on the hub."""
+    path = Path(model_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelNotFoundError(f"{model_id}: is a file, not a sentence-transformers folder")
+    if model_id.startswith(("/", ".", "~")) or model_id.count("/") > 1 or "\\" in model_id:
+        raise ModelNotFoundError(f"{model_id}: no such folder (a hub id is ORG/NAME)")
+    return None
+
+
 def neutral_tokenizer_json(backend: Tokenizer) -> str:
     """The Rust tokenizer without the padding and truncation it happens to carry.
 
@@ -103,13 +129,24 @@ def neutral_tokenizer_json(backend: Tokenizer) -> str:
     return clean.to_str()
 
 
-def _check_modules(model: SentenceTransformer) -> None:
-    kinds = [type(module).__name__ for module in model]
-    unsupported = [kind for kind in kinds if kind not in SUPPORTED_MODULES]
-    if unsupported:
-        raise UnsupportedModelError(
-            f"module {unsupported[0]} is not supported (supported: {', '.join(SUPPORTED_MODULES)})"
-        )
+def _supported_modules() -> dict[type, str]:
+    """sentence-transformers' own module classes whose computation we reproduce, by kind."""
+    from sentence_transformers.sentence_transformer.modules import Dense, Normalize, Pooling, Transformer
+
+    return {Transformer: "Transformer", Pooling: "Pooling", Dense: "Dense", Normalize: "Normalize"}
+
+
+def check_modules(model: SentenceTransformer) -> None:
+    """Known by class, not by name: a model's own code may call a class Pooling and compute
+    something else. The very class, not a subclass, which may override what it computes."""
+    supported = _supported_modules()
+    for kind in map(type, model):
+        if kind not in supported:
+            raise UnsupportedModelError(
+                f"module {kind.__name__} ({kind.__module__}.{kind.__qualname__}) is not supported "
+                f"(supported: sentence-transformers' own {', '.join(SUPPORTED_MODULES)})"
+            )
+    kinds = [supported[type(module)] for module in model]
     if kinds[:1] != ["Transformer"] or kinds.count("Transformer") != 1 or "Pooling" not in kinds:
         raise UnsupportedModelError(f"expected one Transformer followed by Pooling, got modules {kinds}")
     transformer, pooling = model[0], model[kinds.index("Pooling")]

@@ -1,8 +1,10 @@
 """perf_analyzer, Triton's load generator: input-data files for our pipelines, and running it.
 
 The binary is the one inside the tritonclient 2.50.0 wheel (the newer perf-analyzer wheels
-need glibc 2.38); `make perf-tools` puts it in .tools/perf_analyzer with the CUDA runtime
-library it links (only linked: no GPU is used). PERF_ANALYZER overrides the path.
+need glibc 2.38); `make perf-tools` puts it in the environment, .venv/lib/perf_analyzer, with
+the CUDA runtime library it links (only linked: no GPU is used). It is looked up in the
+environment (sys.prefix), not beside the source, so an installed package finds it too.
+PERF_ANALYZER overrides the path; a perf_analyzer on PATH (the NGC SDK image) is the last resort.
 """
 
 from __future__ import annotations
@@ -12,8 +14,10 @@ import csv
 import json
 import os
 import resource
+import shutil
 import struct
 import subprocess
+import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,8 +29,9 @@ from triton_embeddings.names import TEXT, TensorSpec
 
 INPUT_FILE = "perf_analyzer_input.json"
 PAYLOAD_TEXTS, PAYLOAD_IMAGES = 200, 8
-TOOLS = Path(__file__).resolve().parent.parent / ".tools" / "perf_analyzer"
-_CUDA_LIBRARIES = TOOLS / "cuda" / "nvidia" / "cuda_runtime" / "lib"
+BINARY = "perf_analyzer"
+# Beside the binary `make perf-tools` installs: the CUDA runtime it links, from PyPI.
+_CUDA_LIBRARIES = Path("cuda", "nvidia", "cuda_runtime", "lib")
 
 
 def input_data(source: TensorSpec, items: Sequence[str | bytes]) -> dict:
@@ -60,16 +65,33 @@ def write_pipeline_input(model_dir: Path, source: TensorSpec) -> Path:
     return write_input_data(model_dir, source, items)
 
 
+def installed_binary() -> Path:
+    """Where `make perf-tools` installs perf_analyzer: in the environment, not the source tree."""
+    return Path(sys.prefix) / "lib" / BINARY / BINARY
+
+
 def binary() -> Path:
-    path = Path(os.environ.get("PERF_ANALYZER", TOOLS / "perf_analyzer"))
-    if not path.is_file():
-        raise UserError(f"perf_analyzer not found at {path}: run `make perf-tools` (or set PERF_ANALYZER)")
-    return path
+    """$PERF_ANALYZER, else the environment's own, else the one on PATH."""
+    if named := os.environ.get("PERF_ANALYZER"):
+        if not Path(named).is_file():
+            raise UserError(f"PERF_ANALYZER names {named}, which is not a file")
+        return Path(named)
+    if installed_binary().is_file():
+        return installed_binary()
+    if on_path := shutil.which(BINARY):
+        return Path(on_path)
+    raise UserError(
+        f"perf_analyzer not found (not at {installed_binary()}, nor on PATH): run `make perf-tools` "
+        "(or set PERF_ANALYZER)"
+    )
 
 
-def environment() -> dict[str, str]:
+def environment(perf_analyzer: Path) -> dict[str, str]:
+    """The environment to run `perf_analyzer` in: with the CUDA runtime installed beside it, if any."""
     env = dict(os.environ)
-    env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(_CUDA_LIBRARIES), env.get("LD_LIBRARY_PATH")]))
+    libraries = perf_analyzer.parent / _CUDA_LIBRARIES
+    if libraries.is_dir():
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(filter(None, [str(libraries), env.get("LD_LIBRARY_PATH")]))
     return env
 
 
@@ -125,15 +147,10 @@ def measure(
     a run that takes longer fails instead of blocking the benchmark forever."""
     flags = "".join(options.get("transport", ())).replace("-", "")
     csv_file = report_dir / f"perf-{model}-{options.get('protocol', 'grpc')}{flags}-c{concurrency}.csv"
+    cmd = command(model, url, input_file, concurrency, csv_file=csv_file, **options)
     before, began = resource.getrusage(resource.RUSAGE_CHILDREN), time.perf_counter()
     try:
-        done = subprocess.run(
-            command(model, url, input_file, concurrency, csv_file=csv_file, **options),
-            env=environment(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-        )
+        done = subprocess.run(cmd, env=environment(Path(cmd[0])), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired as error:
         raise UserError(
             f"perf_analyzer did not finish on {model} at concurrency {concurrency} in {timeout:.0f} s"

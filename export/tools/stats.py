@@ -52,10 +52,12 @@ def find_pipeline(client: grpcclient.InferenceServerClient, name: str) -> Pipeli
     raise UserError(f"no loaded pipeline or ensemble named {name!r} on this server")
 
 
-def pipeline_stats(url: str, name: str) -> tuple[PipelineRecord, list[StepStats]]:
+def pipeline_stats(url: str, name: str, record: PipelineRecord | None = None) -> tuple[PipelineRecord, list[StepStats]]:
+    """`record`: the pipeline as its repository describes it; None asks the server for it."""
     client = grpcclient.InferenceServerClient(url)
     try:
-        record = find_pipeline(client, name)
+        client.is_server_live()  # an unreachable server is an error, not a table of nothing
+        record = record or find_pipeline(client, name)
         rows = []
         for model in record.models:
             try:

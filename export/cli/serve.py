@@ -1,0 +1,97 @@
+"""`serve`: run Triton on a repository until Ctrl-C or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from export.cli import flags
+
+
+def add_command(commands: argparse._SubParsersAction) -> None:
+    from export.serving.server import CONTROL_MODES, ServerOptions
+
+    serve = commands.add_parser(
+        "serve",
+        help="run Triton (from the nvidia-pytriton wheel) on a repository",
+        description="Starts Triton, waits until every model is ready, prints the endpoints and forwards the "
+        "server's log; restarts it if it crashes. Ctrl-C or SIGTERM stops it.",
+    )
+    flags.add_repository(serve, "model repository to serve")
+    serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
+    for protocol, port in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
+        label = {"http": "HTTP", "grpc": "gRPC", "metrics": "Prometheus metrics"}[protocol]
+        serve.add_argument(
+            f"--{protocol}-port", type=int, metavar="PORT", default=port, help=f"{label} port (default: {port})"
+        )
+    serve.add_argument(
+        "--model-control-mode",
+        choices=CONTROL_MODES,
+        default="none",
+        help="none: load every model at start; explicit: only --load-model ones, others on request (default: none)",
+    )
+    serve.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="with explicit mode: load this pipeline at start (an ensemble brings its steps); repeatable",
+    )
+    serve.add_argument(
+        "--log-verbose", type=int, metavar="N", default=0, help="Triton's log verbosity, 0 to 3 (default: 0)"
+    )
+    serve.add_argument(
+        "--cache-mb",
+        type=int,
+        metavar="MB",
+        default=ServerOptions.cache_mb,
+        help="response cache for ensembles exported with --response-cache; 0: none "
+        f"(default: {ServerOptions.cache_mb})",
+    )
+    serve.add_argument(
+        "--admin-key",
+        default=os.environ.get("TRITON_ADMIN_KEY"),
+        help="require this key (header admin-key) for the repository, logging, trace and shared-memory "
+        "APIs; required when --host is not loopback (default: $TRITON_ADMIN_KEY)",
+    )
+    serve.set_defaults(run=_run)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _run(args: argparse.Namespace) -> int:
+    from export.serving.server import ServerOptions, TritonServer, serve_until_stopped
+
+    options = ServerOptions(
+        repository=args.repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
+        log_verbose=args.log_verbose,
+        admin_key=args.admin_key,
+        cache_mb=args.cache_mb,
+    )
+    server = TritonServer(options)  # its log goes to our stdout
+    signal.signal(signal.SIGTERM, _interrupt)
+
+    def ready() -> None:
+        print(
+            f"\nTriton is ready:\n  HTTP    http://{options.http_url}/v2/models/<name>/infer\n"
+            f"  gRPC    {options.grpc_url}\n  metrics {options.metrics_url}\nCtrl-C stops it.",
+            flush=True,
+        )
+
+    try:
+        return serve_until_stopped(server, ready)
+    except KeyboardInterrupt:
+        print("stopping tritonserver", file=sys.stderr, flush=True)
+        return 0
+    finally:
+        server.stop()
