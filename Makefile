@@ -15,7 +15,8 @@ PYTEST_ARGS ?=
 PYVER := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-PERF_ANALYZER := .tools/perf_analyzer/perf_analyzer
+# In the environment, where export/tools/perf_analyzer.py looks (sys.prefix), not in the source tree.
+PERF_ANALYZER := $(VENV)/lib/perf_analyzer/perf_analyzer
 # The Compose Specification's JSON schema, as the docker-compose 1.29.2 wheel ships it
 # (docker compose itself cannot run here: no Docker engine), to validate docker-compose.yml.
 COMPOSE_SCHEMA := .tools/compose_spec.json
@@ -27,7 +28,8 @@ serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
 test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA)
-	$(PY) -m ruff check export tests benchmarks locustfiles
+	$(PY) -m ruff check export triton_embeddings tests benchmarks locustfiles
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 # Against a running server (make serve): make perf MODEL=all-MiniLM-L6-v2
@@ -44,8 +46,9 @@ $(COMPOSE_SCHEMA): | $(VENV)/bin/python
 	rm -rf $(@D)/compose
 
 # perf_analyzer from the tritonclient 2.50.0 wheel (newer perf-analyzer wheels need glibc 2.38),
-# in a folder of its own so that wheel's old gevent pins do not reach the project's venv. It
-# links libb64 (Debian) and libcudart (PyPI; only linked, no GPU is used).
+# in a folder of its own inside the venv, not installed as a package, so that wheel's old gevent
+# pins do not reach the project's packages. It links libb64 (Debian) and libcudart (PyPI, in
+# cuda/ beside it; only linked, no GPU is used).
 $(PERF_ANALYZER): | $(VENV)/bin/python
 	@dpkg -s libb64-0d >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y libb64-0d; }
 	rm -rf $(@D) && mkdir -p $(@D)/wheel
@@ -73,7 +76,8 @@ soak: $(VENV)/.installed-test
 	$(PY) -m pytest -m soak -rP $(PYTEST_ARGS)
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check export tests benchmarks locustfiles
+	$(PY) -m ruff check export triton_embeddings tests benchmarks locustfiles
+	$(VENV)/bin/lint-imports
 
 $(REPOSITORY)/$(NAME)/config.pbtxt: | $(VENV)/.installed-export
 	$(PY) -m export text "$(if $(MODEL),$(MODEL),$$($(PY) -m export.text.default_model))" \

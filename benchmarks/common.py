@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from export.repository.config import read_config
-from export.serving.server import ServerOptions, TritonServer
+from export.serving.server import ServerOptions, TritonServer, free_port
 from export.steps.tokenizer.tokenization import token_arrays
 from export.steps.writers import TokenizerSettings
 from export.tools.perf_analyzer import measure
-from tests.helpers import free_port
 
 CPUS = os.cpu_count() or 1
 

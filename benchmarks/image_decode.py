@@ -18,7 +18,7 @@ from dataclasses import replace
 from PIL import Image
 
 from export.steps.image_preprocess.image_processing import PreprocessSettings, preprocess
-from tests.images import jpeg
+from export.tools.payloads import jpeg
 
 VIT_B_32 = PreprocessSettings(
     size=(224, 224),

@@ -26,8 +26,8 @@ from export.runtimes import ONNX_FILE
 from export.text.default_model import default_model_path
 from export.text.pipeline import TextExportOptions, export_text
 from export.tools import payloads
-from tests.helpers import cosine, top10_overlap
-from tests.texts import corpus
+from export.tools.compare import cosine, top10_overlap
+from export.tools.corpus import corpus
 from triton_embeddings.names import TextPipelineNames
 
 QUERIES = 200  # of the 1,000 texts; the other 800 are the documents

@@ -6,7 +6,7 @@ queries (`export.tools.payloads.short_texts`, 6-18 words).
 
 1. In-process, the encoder's own computation: batches of 64 such texts through onnxruntime,
    padded to the longest row (one group, what the encoder did before) against groups of
-   similar length within each token budget (export/python_models/onnx_encoder/padding.py).
+   similar length within each token budget (export/steps/onnx_encoder/padding.py).
    The budget 0 row is that one group.
 2. Served: the same model exported once per budget into one repository, one server,
    one-text requests over gRPC (perf_analyzer) at each concurrency, the pipelines measured

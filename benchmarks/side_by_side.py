@@ -43,12 +43,11 @@ from benchmarks.common import (
     time_calls,
     triton,
 )
-from export.serving.server import TritonServer
+from export.serving.server import TritonServer, free_port
 from export.steps.image_preprocess.image_processing import PreprocessSettings, preprocess
 from export.text.default_model import default_model_path
 from export.tools import payloads
 from export.tools.perf_analyzer import write_input_data
-from tests.helpers import free_port
 from triton_embeddings.names import (
     DEFAULT_INT8_PIPELINE,
     DEFAULT_TEXT_PIPELINE,

@@ -12,31 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
-import random
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
-
-from benchmarks.common import triton
+from benchmarks.common import onnx_text_encoder, time_calls, triton
 from export.runtimes import ServingOptions
 from export.text.default_model import default_model_path
 from export.text.pipeline import TextExportOptions, export_text
-from triton_embeddings.client import AsyncEmbeddingClient
+from export.tools.payloads import short_texts
+from triton_embeddings import AsyncEmbeddingClient
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
-
-WORDS = "the a cat dog server model embedding request fast batch token text vector query answer".split()
-
-
-def short_texts(count: int, seed: int = 0) -> list[str]:
-    """8-20 token sentences, like search queries and short passages."""
-    rng = random.Random(seed)
-    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(6, 18))) for _ in range(count)]
 
 
 async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> tuple[float, float, float]:
@@ -61,26 +48,6 @@ async def load(url: str, texts: list[str], concurrency: int, seconds: float) -> 
     return len(ms) / elapsed, statistics.median(ms), ms[int(0.99 * (len(ms) - 1))]
 
 
-def in_process(onnx_file: Path, tokenizer_file: Path, texts: list[str], batch: int, seconds: float) -> float:
-    """Texts/s of tokenizers + onnxruntime in this process, 2 threads, no server."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = len(os.sched_getaffinity(0))
-    session = ort.InferenceSession(str(onnx_file), options, providers=["CPUExecutionProvider"])
-    tokenizer = Tokenizer.from_file(str(tokenizer_file))
-    tokenizer.enable_truncation(256)
-    tokenizer.enable_padding()
-    names = [i.name for i in session.get_inputs()]
-    done, i, stop = 0, 0, time.perf_counter() + seconds
-    began = time.perf_counter()
-    while time.perf_counter() < stop:
-        encodings = tokenizer.encode_batch([texts[(i + k) % len(texts)] for k in range(batch)])
-        fields = {"input_ids": "ids", "attention_mask": "attention_mask", "token_type_ids": "type_ids"}
-        feeds = {n: np.array([getattr(e, fields[n]) for e in encodings], dtype=np.int64) for n in names}
-        session.run(None, feeds)
-        done, i = done + batch, i + batch
-    return done / (time.perf_counter() - began)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--delays", type=int, nargs="+", default=[0, 1000, 4000])
@@ -101,11 +68,11 @@ def main() -> None:
                     rps, p50, p99 = asyncio.run(load(server.options.grpc_url, texts, concurrency, args.seconds))
                     rows.append((f"Triton gRPC, delay {delay} us", concurrency, rps, p50, p99))
         names = TextPipelineNames(DEFAULT_TEXT_PIPELINE)
-        version = repo / names.encoder / "1"
-        tokenizer_file = repo / names.tokenizer / "1" / "tokenizer.json"
+        encode = onnx_text_encoder(repo / names.tokenizer, repo / names.encoder)
         for batch in (1, 32):
-            rate = in_process(version / "model.onnx", tokenizer_file, texts, batch, args.seconds)
-            rows.append((f"onnxruntime in-process, batch {batch}", "-", rate, 1000 * batch / rate, float("nan")))
+            call = lambda i, batch=batch: encode([texts[(i * batch + k) % len(texts)] for k in range(batch)])  # noqa: E731
+            rate, p50, p99 = time_calls(call, batch, args.seconds)
+            rows.append((f"onnxruntime in-process, batch {batch}", "-", rate, p50, p99))
     print("| system | concurrency | texts/s | p50 ms | p99 ms |\n|---|---|---|---|---|")
     for name, concurrency, rate, p50, p99 in rows:
         print(f"| {name} | {concurrency} | {rate:.0f} | {p50:.2f} | {p99:.2f} |")

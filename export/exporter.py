@@ -45,7 +45,9 @@ def precision_pass(
     calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
 ) -> Checked:
     """Check the fp32 graphs with `check(**tolerance)`; for fp16 or int8, convert them in place
-    and check again with that precision's tolerance. Returns the last check's result."""
+    and check again with that precision's tolerance. Returns the last check's result.
+
+    int8 takes one graph and the `calibration` inputs that set its scales."""
     checked = check()
     if precision == "fp16":
         from export.precision.fp16 import convert_to_fp16

@@ -12,6 +12,18 @@ import numpy as np
 
 from export.errors import UserError
 
+DEFAULT_OPSET = 17  # the ONNX opset graphs are traced with
+# Texts the exporter checks the ONNX graph on: lengths from one token to past any max length,
+# several scripts, so that padding, truncation and pooling are all exercised.
+VALIDATION_TEXTS = (
+    "a",
+    "A man is playing a guitar on the street.",
+    "Die Katze sitzt auf der Matte und schaut aus dem Fenster.",
+    "東京は日本の首都です。",
+    "🙂 emoji, punctuation!!! and    spaces",
+    "word " * 600,
+)
+
 
 class ExportValidationError(UserError):
     """The exported pipeline does not reproduce the reference within tolerance."""

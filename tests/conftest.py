@@ -17,11 +17,10 @@ from sentence_transformers import SentenceTransformer
 
 from export.clip.pipeline import ClipExportOptions, export_clip
 from export.runtimes import ServingOptions
-from export.serving.server import ServerOptions, TritonServer
+from export.serving.server import ServerOptions, TritonServer, free_port
 from export.text.default_model import default_model_path
 from export.text.pipeline import TextExportOptions, export_text
 from tests.clip_models import ClipReference, tiny_custom, vit_b_32
-from tests.helpers import free_port
 from tests.tiny_models import TINY_MODELS, TinyModel
 from triton_embeddings.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE
 

@@ -2,19 +2,11 @@
 
 from __future__ import annotations
 
-import socket
-
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from triton_embeddings.names import EMBEDDING, TEXT
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def text_array(texts: list[str] | list[bytes]) -> np.ndarray:
@@ -39,21 +31,6 @@ def embed_http(client: httpclient.InferenceServerClient, model: str, texts: list
 def embed_many(client: grpcclient.InferenceServerClient, model: str, texts: list[str], batch: int = 32) -> np.ndarray:
     """Embed any number of texts in requests of at most `batch`."""
     return np.concatenate([embed_grpc(client, model, texts[i : i + batch]) for i in range(0, len(texts), batch)])
-
-
-def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
-def top10_overlap(got: np.ndarray, expected: np.ndarray, queries: int) -> float:
-    """Mean share of each query's 10 nearest documents (by cosine) that `got` and `expected`
-    agree on; the first `queries` rows are the queries, the rest the documents."""
-
-    def top10(embeddings: np.ndarray) -> np.ndarray:
-        unit = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
-        return np.argsort(-(unit[:queries] @ unit[queries:].T), axis=1)[:, :10]
-
-    return float(np.mean([len(set(a) & set(b)) / 10 for a, b in zip(top10(got), top10(expected), strict=True)]))
 
 
 def counts(client: grpcclient.InferenceServerClient, model: str) -> tuple[int, int]:

@@ -7,8 +7,8 @@ import asyncio
 import numpy as np
 import tritonclient.grpc.aio as aioclient
 
+from export.tools.corpus import corpus
 from tests.helpers import counts, embed_grpc, text_array
-from tests.texts import corpus
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
 
 CONCURRENCY = 32

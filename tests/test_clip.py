@@ -19,12 +19,13 @@ import torch
 from PIL import Image, ImageOps
 from tritonclient.utils import InferenceServerException
 
+from export.tools.compare import cosine
+from export.tools.corpus import corpus, long_texts
 from tests import images
 from tests.clip_models import ClipReference
 from tests.conftest import CLIP_LABELS, CLIP_TEMPLATES
-from tests.helpers import cosine, embed_many, infer_bytes
+from tests.helpers import embed_many, infer_bytes
 from tests.test_bad_input import post_infer
-from tests.texts import corpus, long_texts
 from triton_embeddings.names import (
     CLIP_INPUT_IDS,
     EMBEDDING,

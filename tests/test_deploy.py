@@ -68,9 +68,9 @@ def test_compose_file_exports_before_it_serves() -> None:
 def test_the_image_installs_what_the_python_models_import() -> None:
     """Every third-party module a Python-backend model imports is installed by the image."""
     provided = {"triton_python_backend_utils", "__future__"} | set(sys.stdlib_module_names)
-    helpers = {path.stem for path in (ROOT / "export/python_models").glob("*/*.py")}
+    helpers = {path.stem for path in (ROOT / "export/steps").glob("*/*.py")}
     imported = set()
-    for path in (ROOT / "export/python_models").glob("*/*.py"):
+    for path in (ROOT / "export/steps").glob("*/*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name.split(".")[0] for alias in node.names}

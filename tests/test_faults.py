@@ -2,7 +2,7 @@
 
 What Triton 2.51 does by itself when a stub dies: nothing. Every later request to that model
 fails with "Stub process '<model>_0_0' is not healthy" until the model is reloaded. The
-server launcher's watchdog (export/watchdog.py) reloads it. Stated outcome, tested here:
+server launcher's watchdog (export/serving/watchdog.py) reloads it. Stated outcome, tested here:
 every response is the right embedding or a clear error, never a wrong embedding, and the
 pipeline answers again within RECOVERY_SECONDS of the kill, without an operator.
 """
@@ -26,11 +26,10 @@ import numpy as np
 import pytest
 
 from export.clip.pipeline import ClipExportOptions, export_clip
-from export.serving.server import ServerOptions, TritonServer
+from export.serving.server import ServerOptions, TritonServer, free_port
 from export.serving.watchdog import Stub, stubs
 from export.text.pipeline import TextExportOptions, export_text
 from export.tools import payloads
-from tests.helpers import free_port
 from triton_embeddings.client import RECONNECT_BACKOFF_MS, AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 from triton_embeddings.names import ClipPipelineNames, TextPipelineNames
 

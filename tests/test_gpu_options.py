@@ -21,7 +21,7 @@ from export.steps.writers import TokenizerSettings
 from export.text.default_model import default_model_path
 from export.text.pipeline import TextExportOptions, export_text
 from export.tools import payloads
-from tests.helpers import cosine
+from export.tools.compare import cosine
 from triton_embeddings.names import ATTENTION_MASK, EMBEDDING, INPUT_IDS, TOKEN_TYPE_IDS, TextPipelineNames
 
 

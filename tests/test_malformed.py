@@ -101,7 +101,7 @@ def test_random_json_requests(server, name: str, datatype: str, shape: list[int]
     if status == 200:
         assert parsed["outputs"][0]["name"] == "EMBEDDING"
     else:
-        assert 400 <= status < 600 and parsed["error"]
+        assert 400 <= status < 500 and parsed["error"], (status, parsed)  # malformed input is the client's error
     assert_healthy(server)
 
 
@@ -109,9 +109,8 @@ def test_random_json_requests(server, name: str, datatype: str, shape: list[int]
 @given(st.binary(max_size=512))
 def test_garbage_bodies(server, body: bytes) -> None:
     status, reply = post(server, f"/v2/models/{DEFAULT_TEXT_PIPELINE}/infer", body)
-    assert status != 200 or json.loads(reply)["outputs"]
-    if status != 200:
-        assert json.loads(reply)["error"]
+    assert status == 200 or 400 <= status < 500, (status, reply[:200])
+    assert json.loads(reply)["outputs" if status == 200 else "error"]
     assert_healthy(server)
 
 
@@ -142,7 +141,7 @@ LIES = {
 def test_binary_headers_that_lie(server, case: str) -> None:
     body, headers = LIES[case]
     status, reply = post(server, f"/v2/models/{DEFAULT_TEXT_PIPELINE}/infer", body, headers)
-    assert status != 200, reply[:200]
+    assert 400 <= status < 500, (status, reply[:200])
     assert json.loads(reply)["error"]
     assert_healthy(server)
 

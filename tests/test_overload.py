@@ -1,7 +1,7 @@
 """Overload: at about 10x what the pipeline sustains, bounded queues reject what they cannot
 serve in time, with a clear error, and everything accepted is still right.
 
-The default bounds (export/runtimes.py): each step lets at most 4 batches of requests wait
+The default bounds (export/runtimes/options.py): each step lets at most 4 batches of requests wait
 and rejects more at once; a request that waited 30 s would be rejected too, but one-text
 requests never wait that long. Stated bound for an accepted request: a full encoder queue
 plus the batch running ahead of it, at the capacity measured with full batches, times 1.5
@@ -95,8 +95,10 @@ def test_ten_times_capacity_is_rejected_fast_and_clearly(server, grpc_client) ->
     latencies = sorted(t for _, _, t in accepted)
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
     refusals = sorted(t for _, _, t in rejected)
-    print(f"capacity {sustained:.1f}/s, offered {len(results)}, accepted {len(accepted)}, p99 {p99:.2f} s "
-          f"(bound {bound:.2f} s), rejections p50 {refusals[len(refusals) // 2]:.3f} s, max {refusals[-1]:.3f} s")
+    print(
+        f"capacity {sustained:.1f}/s, offered {len(results)}, accepted {len(accepted)}, p99 {p99:.2f} s "
+        f"(bound {bound:.2f} s), rejections p50 {refusals[len(refusals) // 2]:.3f} s, max {refusals[-1]:.3f} s"
+    )
     assert p99 <= bound
     assert refusals[len(refusals) // 2] <= 1.0
 

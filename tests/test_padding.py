@@ -1,4 +1,4 @@
-"""The encoder's length groups (export/python_models/onnx_encoder/padding.py), on their own.
+"""The encoder's length groups (export/steps/onnx_encoder/padding.py), on their own.
 Served parity with mixed lengths, right and left padding, is in test_parity.py."""
 
 from __future__ import annotations

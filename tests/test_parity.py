@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 from sentence_transformers import SentenceTransformer
 
-from tests.helpers import cosine, embed_many
-from tests.texts import corpus, long_texts
+from export.tools.compare import cosine
+from export.tools.corpus import corpus, long_texts
+from tests.helpers import embed_many
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE
 
 MIN_COSINE = 0.99999

@@ -12,8 +12,8 @@ import urllib.request
 
 import numpy as np
 
+from export.tools.corpus import corpus
 from tests.helpers import embed_grpc, embed_http
-from tests.texts import corpus
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT
 
 

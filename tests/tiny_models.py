@@ -28,7 +28,7 @@ from transformers import (
     XLMRobertaModel,
 )
 
-from tests.texts import corpus
+from export.tools.corpus import corpus
 
 HIDDEN = 32
 MAX_LENGTH = 48

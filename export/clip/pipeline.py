@@ -29,8 +29,7 @@ from export.steps.writers import (
     write_image_preprocess,
     write_tokenizer,
 )
-from export.text.trace import DEFAULT_OPSET
-from export.validation import Agreement
+from export.validation import DEFAULT_OPSET, Agreement
 from triton_embeddings.names import (
     CLIP_INPUT_IDS,
     DEFAULT_TEMPLATE,

@@ -19,8 +19,7 @@ from PIL import Image
 
 from export.clip.model import ClipModel
 from export.steps.image_preprocess.image_processing import preprocess
-from export.text.trace import DEFAULT_OPSET, VALIDATION_TEXTS
-from export.validation import Agreement, ExportValidationError, require_agreement
+from export.validation import DEFAULT_OPSET, VALIDATION_TEXTS, Agreement, ExportValidationError, require_agreement
 from triton_embeddings.names import CLIP_INPUT_IDS, EMBEDDING, PIXEL_VALUES, TensorSpec
 
 # Beyond the sentence-transformers texts: what CLIP's text cleaning acts on.

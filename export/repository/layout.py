@@ -52,7 +52,7 @@ def model_names(repository: Path) -> list[str]:
 _AT_FDCWD, _RENAME_EXCHANGE = -100, 2
 
 
-def _exchange(first: Path, second: Path) -> bool:
+def exchange(first: Path, second: Path) -> bool:
     """Swap two paths in one step (Linux renameat2). False where this system cannot."""
     renameat2 = getattr(ctypes.CDLL(None, use_errno=True), "renameat2", None)
     if renameat2 is None:
@@ -83,7 +83,7 @@ def staged_models(repository: Path) -> Iterator[Path]:
             target = repository / model_dir.name
             if not target.exists():
                 model_dir.rename(target)
-            elif not _exchange(model_dir, target):  # the old model stays behind in staging
+            elif not exchange(model_dir, target):  # the old model stays behind in staging
                 target.rename(staging / f".replaced-{model_dir.name}")
                 model_dir.rename(target)
     finally:

@@ -28,7 +28,7 @@ class ServingDefaults:
     queue_batches: int = 4  # max queue size, in batches of max_batch_size
     queue_timeout_ms: int = 30_000
     # python runtime: a merged batch runs in groups of similar length, each within this many
-    # token positions (rows x longest row); see python_models/onnx_encoder/padding.py.
+    # token positions (rows x longest row); see export/steps/onnx_encoder/padding.py.
     max_batch_tokens: int = 512
     intra_op_spinning: bool = False  # python runtime: onnxruntime threads busy-wait for work
     # Ensembles answer a request identical to an earlier one from Triton's response cache
@@ -39,8 +39,8 @@ class ServingDefaults:
 _GPU = ServingDefaults(max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2)
 DEFAULTS = {
     # Two encoder instances: while one runs a batch the other collects the next, and Triton
-    # 2.51's batcher stalls less with the queue policy on (docs/performance.md: c=32 +20-25%,
-    # p99 620 -> 210 ms; c=1 +50%). Each uses all cores: 4 threads on 2 when both run, still faster.
+    # 2.51's batcher stalls less with the queue policy on. Each uses all cores: oversubscribed
+    # when both run, and still faster (docs/performance.md, "Two encoder instances").
     "python": ServingDefaults(max_batch_size=64, max_queue_delay_us=0, encoder_instances=2, tokenizer_instances=1),
     "onnxruntime": _GPU,
     "tensorrt": _GPU,

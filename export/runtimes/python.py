@@ -26,9 +26,8 @@ def _python_default(serving: ServingOptions, field: str):
 def _intra_op_threads(encoder: EncoderModel, serving: ServingOptions) -> str:
     """onnxruntime threads per encoder instance: a number, `all` CPUs, or the CPUs split
     `per_instance` (counted where the model loads). The int8 graph has many small operators,
-    each a hand-off between the pool's threads: with one pool per core's share it served
-    +4-23% at concurrency 32 and -0.9-1.6 ms at concurrency 1 on 2 cores; fp32 lost 1 ms at
-    concurrency 1 that way, so it keeps all CPUs (docs/performance.md)."""
+    each a hand-off between the pool's threads, so one pool per core's share serves it faster;
+    fp32 is slower that way at concurrency 1, so it keeps all CPUs (docs/performance.md)."""
     if serving.intra_op_threads:
         return str(serving.intra_op_threads)
     return "per_instance" if encoder.precision == "int8" else "all"

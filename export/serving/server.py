@@ -163,6 +163,13 @@ def server_environment(install: TritonInstall) -> dict[str, str]:
     return env
 
 
+def free_port() -> int:
+    """A TCP port on loopback that is free now (tests and benchmarks start servers on these)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
 def check_ports_free(options: ServerOptions) -> None:
     for label, port in (("HTTP", options.http_port), ("gRPC", options.grpc_port), ("metrics", options.metrics_port)):
         family = socket.AF_INET6 if ":" in options.host else socket.AF_INET
@@ -285,7 +292,7 @@ class TritonServer:
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
 
     def start_watchdog(self) -> None:
-        """Reload any model whose Python-backend stub dies (export/watchdog.py)."""
+        """Reload any model whose Python-backend stub dies (watchdog.py)."""
         if self.options.restart_dead_stubs and self.process is not None and self.watchdog is None:
             self.watchdog = StubWatchdog(
                 self.process.pid, self._model_ready, self._reload, self._instances, say=self._say

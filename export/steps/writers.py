@@ -1,6 +1,6 @@
 """The Python-backend steps of pipelines, written into model folders.
 
-Each writer copies the step's model.py (and its helper module) from export/python_models,
+Each writer copies the step's model.py (and its helper module) from its folder here,
 writes the files it loads, and its config with the settings as parameters. The settings
 classes also run the step's helper here, so an exporter can check what will be served before
 writing it. No torch here.

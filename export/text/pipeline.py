@@ -23,9 +23,9 @@ from export.repository.records import PipelineRecord, staged_pipeline
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.steps.writers import TokenizerSettings, write_tokenizer
 from export.text.model import TextModel, load_text_model
-from export.text.trace import DEFAULT_OPSET, check_text_onnx, export_text_onnx
+from export.text.trace import check_text_onnx, export_text_onnx
 from export.tools.payloads import texts as generated_texts
-from export.validation import Agreement
+from export.validation import DEFAULT_OPSET, Agreement
 from triton_embeddings.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
 
 TYPICAL_TOKENS = 32  # a query or a sentence: warm-up and TensorRT's optimal shape

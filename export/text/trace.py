@@ -14,20 +14,8 @@ from pathlib import Path
 import torch
 
 from export.text.model import TextModel
-from export.validation import Agreement, require_agreement
+from export.validation import DEFAULT_OPSET, VALIDATION_TEXTS, Agreement, require_agreement
 from triton_embeddings.names import EMBEDDING
-
-DEFAULT_OPSET = 17
-# Texts the exporter checks the ONNX graph on: lengths from one token to past any max length,
-# several scripts, so that padding, truncation and pooling are all exercised.
-VALIDATION_TEXTS = (
-    "a",
-    "A man is playing a guitar on the street.",
-    "Die Katze sitzt auf der Matte und schaut aus dem Fenster.",
-    "東京は日本の首都です。",
-    "🙂 emoji, punctuation!!! and    spaces",
-    "word " * 600,
-)
 
 
 class _SentenceEmbedding(torch.nn.Module):

@@ -1,4 +1,4 @@
-"""A varied, deterministic text corpus for parity tests.
+"""A varied, deterministic text corpus for parity tests and quality benchmarks.
 
 Short and long (past any max_length), several scripts (Latin with accents, Cyrillic, Greek,
 Arabic, Devanagari, CJK), emoji, punctuation-only, repeated words, odd whitespace, code and

@@ -31,8 +31,8 @@ def _session(path: Path, intra_op_threads: int, spinning: bool) -> ort.Inference
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
     # Spinning threads answer faster between the graph's parallel sections but busy-wait on
-    # cores the tokenizer stub and Triton need: off by default, as on 2 cores it stalled
-    # requests for 500 ms (docs/performance.md).
+    # cores the tokenizer stub and Triton need: off by default, as it stalled requests on
+    # small machines (docs/performance.md).
     options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
