@@ -34,6 +34,19 @@ def post(server, path: str, body: bytes, headers: dict[str, str] | None = None) 
         return error.code, error.read()
 
 
+# Triton 2.51's HTTP frontend answers 500, not 400, when it cannot parse a request's JSON: the
+# one kind of malformed input whose status is not ours to set (docs/reliability.md). Any other
+# 5xx fails these tests; test_unparseable_json_should_be_a_400 fails once Triton fixes it.
+TRITON_JSON_PARSER_500 = ("failed to parse the request JSON buffer", "Unable to parse ")
+
+
+def assert_client_error(status: int, reply: bytes) -> None:
+    """A 4xx with an error message; or Triton's own 500 for JSON it cannot parse."""
+    error = json.loads(reply)["error"]
+    assert error
+    assert 400 <= status < 500 or (status == 500 and error.startswith(TRITON_JSON_PARSER_500)), (status, error)
+
+
 def assert_healthy(server) -> None:
     with urllib.request.urlopen(f"http://{server.options.http_url}/v2/health/ready", timeout=10) as response:
         assert response.status == 200
@@ -101,7 +114,7 @@ def test_random_json_requests(server, name: str, datatype: str, shape: list[int]
     if status == 200:
         assert parsed["outputs"][0]["name"] == "EMBEDDING"
     else:
-        assert 400 <= status < 500 and parsed["error"], (status, parsed)  # malformed input is the client's error
+        assert_client_error(status, reply)
     assert_healthy(server)
 
 
@@ -109,8 +122,10 @@ def test_random_json_requests(server, name: str, datatype: str, shape: list[int]
 @given(st.binary(max_size=512))
 def test_garbage_bodies(server, body: bytes) -> None:
     status, reply = post(server, f"/v2/models/{DEFAULT_TEXT_PIPELINE}/infer", body)
-    assert status == 200 or 400 <= status < 500, (status, reply[:200])
-    assert json.loads(reply)["outputs" if status == 200 else "error"]
+    if status == 200:
+        assert json.loads(reply)["outputs"]
+    else:
+        assert_client_error(status, reply)
     assert_healthy(server)
 
 
@@ -141,9 +156,19 @@ LIES = {
 def test_binary_headers_that_lie(server, case: str) -> None:
     body, headers = LIES[case]
     status, reply = post(server, f"/v2/models/{DEFAULT_TEXT_PIPELINE}/infer", body, headers)
-    assert 400 <= status < 500, (status, reply[:200])
-    assert json.loads(reply)["error"]
+    assert_client_error(status, reply)
     assert_healthy(server)
+
+
+@pytest.mark.xfail(strict=True, reason="Triton 2.51's HTTP frontend answers 500 to JSON it cannot parse")
+@pytest.mark.parametrize(
+    "body", [b"\x00", b'{"inputs": [{"name": "TEXT", "datatype": "BYTES", "shape": [1], "data": null}]}']
+)
+def test_unparseable_json_should_be_a_400(server, body: bytes) -> None:
+    """Malformed input is the client's error. Expected to fail on Triton 2.51 (it answers 500);
+    when a newer Triton passes it, drop TRITON_JSON_PARSER_500 and this marker."""
+    status, _ = post(server, f"/v2/models/{DEFAULT_TEXT_PIPELINE}/infer", body)
+    assert 400 <= status < 500
 
 
 def test_a_header_length_that_is_not_a_number(server) -> None:
