@@ -67,7 +67,8 @@ def test_compose_file_exports_before_it_serves() -> None:
 
 def test_the_image_installs_what_the_python_models_import() -> None:
     """Every third-party module a Python-backend model imports is installed by the image."""
-    provided = {"triton_python_backend_utils", "__future__"} | set(sys.stdlib_module_names)
+    # `export`: a helper imports its sibling from the package, falling back to the bare name in a repository.
+    provided = {"triton_python_backend_utils", "__future__", "export"} | set(sys.stdlib_module_names)
     helpers = {path.stem for path in (ROOT / "export/steps").glob("*/*.py")}
     imported = set()
     for path in (ROOT / "export/steps").glob("*/*.py"):
@@ -77,10 +78,11 @@ def test_the_image_installs_what_the_python_models_import() -> None:
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module.split(".")[0])
     needed = imported - provided - helpers
-    assert needed == {"numpy", "tokenizers", "ftfy", "PIL", "onnxruntime"}
+    assert needed == {"numpy", "tokenizers", "ftfy", "PIL", "onnxruntime", "qdrant_edge"}
     dockerfile = (ROOT / "Dockerfile.triton").read_text().split("AS triton", 1)[1]
     installed = set(re.findall(r'"([A-Za-z0-9_-]+)==', dockerfile))
-    assert {"pillow" if module == "PIL" else module for module in needed} <= installed
+    distributions = {"PIL": "pillow", "qdrant_edge": "qdrant-edge-py"}
+    assert {distributions.get(module, module) for module in needed} <= installed
 
 
 def test_healthcheck_asks_for_readiness() -> None:
