@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -74,10 +74,18 @@ def write_ensemble(
     parameters: Mapping[str, str],
     *,
     response_cache: bool,
+    optional: Collection[str] = (),
 ) -> None:
     """An ensemble clients call, with the perf_analyzer input file for its first input."""
     config = model_config.ensemble(
-        model_dir.name, inputs, outputs, max_batch_size, steps, parameters, response_cache=response_cache
+        model_dir.name,
+        inputs,
+        outputs,
+        max_batch_size,
+        steps,
+        parameters,
+        response_cache=response_cache,
+        optional=optional,
     )
     version_dir(model_dir)  # Triton wants a version folder, even an empty one, for ensembles
     model_config.write_config(config, model_dir)

@@ -13,7 +13,7 @@ numpy and Pillow: `pip install triton-embeddings` (no extras).
 
 from triton_embeddings.aio import AsyncEmbeddingClient
 from triton_embeddings.client import EmbeddingClient
-from triton_embeddings.core import EmbeddingError
+from triton_embeddings.core import EmbeddingError, Hit
 
 __version__ = "0.1.0"
-__all__ = ["AsyncEmbeddingClient", "EmbeddingClient", "EmbeddingError", "__version__"]
+__all__ = ["AsyncEmbeddingClient", "EmbeddingClient", "EmbeddingError", "Hit", "__version__"]

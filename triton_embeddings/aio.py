@@ -23,15 +23,20 @@ from typing import Any, TypeVar
 import numpy as np
 
 from triton_embeddings.core import (
+    EmbeddingError,
+    Filter,
+    Hit,
     ImageInput,
     Job,
     Jobs,
     Pipeline,
     Request,
     grpc_channel_args,
+    is_unknown_model,
     server_errors,
     transport,
 )
+from triton_embeddings.names import DEFAULT_TOP_K, CollectionNames
 
 T = TypeVar("T")
 
@@ -69,6 +74,39 @@ class AsyncEmbeddingClient:
 
     async def labels(self, model: str) -> tuple[str, ...]:
         return (await self.pipeline(model)).labels
+
+    async def search(
+        self, collection: str, items: Sequence[Any], top_k: int = DEFAULT_TOP_K, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        """The `top_k` nearest points of each text (str) or image (path, bytes, PIL image)."""
+        pipeline = await self._first(collection, self._jobs.search_models(collection, items))
+        return await self._send(self._jobs.search(pipeline, items, top_k, filter))
+
+    async def upsert(
+        self, collection: str, items: Any, ids: Sequence[int], payloads: Sequence[Any] | None = None
+    ) -> int:
+        """Store texts, images or vectors under `ids`; returns how many were stored."""
+        model = self._jobs.upsert_model(collection, items)
+        return await self._send(self._jobs.upsert(await self.pipeline(model), items, ids, payloads))
+
+    async def delete(self, collection: str, ids: Sequence[int] | None = None, filter: Filter | None = None) -> int:
+        return await self._send(self._jobs.delete(await self.pipeline(CollectionNames(collection).index), ids, filter))
+
+    async def count(self, collection: str, filter: Filter | None = None) -> int:
+        return await self._send(self._jobs.count(await self.pipeline(CollectionNames(collection).index), filter))
+
+    async def exists(self, collection: str, ids: Sequence[int]) -> list[bool]:
+        return await self._send(self._jobs.exists(await self.pipeline(CollectionNames(collection).index), ids))
+
+    async def _first(self, collection: str, models: list[str]) -> Pipeline:
+        for model in (m for m in models if m not in self._jobs.unknown):
+            try:
+                return await self.pipeline(model)
+            except EmbeddingError as error:
+                if not is_unknown_model(error):
+                    raise
+                self._jobs.unknown.add(model)  # asked once, like the models found
+        raise EmbeddingError(collection, f"no search model for these items on the server (tried {', '.join(models)})")
 
     async def _send(self, job: Job[T]) -> T:
         slots = asyncio.Semaphore(self.concurrency)

@@ -7,6 +7,10 @@
         pictures = client.embed_image("clip_image", ["cat.jpg"])   # paths, bytes or PIL images
         label, scores = client.classify("clip_classify", ["cat.jpg"])[0]
         client.labels("clip_classify")                             # the order of `scores`
+        client.upsert("docs", ["a text", "another"], ids=[1, 2], payloads=[{"lang": "en"}, {}])
+        hits = client.search("docs", ["a query"], top_k=5, filter={"must": [{"key": "lang", "match": "en"}]})
+        hits[0][0].id, hits[0][0].score, hits[0][0].payload        # closest first
+        client.delete("docs", ids=[2]); client.count("docs")
 
 What it does for you: reads each pipeline's input and output names, dims, batch size and
 labels from the server once; splits long lists into requests of at most `max_batch_size` and
@@ -30,18 +34,22 @@ from triton_embeddings.aio import AsyncEmbeddingClient
 from triton_embeddings.core import (
     RECONNECT_BACKOFF_MS,
     EmbeddingError,
+    Filter,
+    Hit,
     ImageInput,
     Job,
     Jobs,
     Pipeline,
     grpc_channel_args,
+    is_unknown_model,
     server_errors,
     transport,
 )
+from triton_embeddings.names import DEFAULT_TOP_K, CollectionNames
 
 T = TypeVar("T")
 # AsyncEmbeddingClient and the core's names stay importable from here, as before the split.
-__all__ = ["RECONNECT_BACKOFF_MS", "AsyncEmbeddingClient", "EmbeddingClient", "EmbeddingError", "Pipeline"]
+__all__ = ["RECONNECT_BACKOFF_MS", "AsyncEmbeddingClient", "EmbeddingClient", "EmbeddingError", "Hit", "Pipeline"]
 
 
 class EmbeddingClient:
@@ -81,6 +89,43 @@ class EmbeddingClient:
 
     def labels(self, model: str) -> tuple[str, ...]:
         return self.pipeline(model).labels
+
+    def search(
+        self, collection: str, items: Sequence[Any], top_k: int = DEFAULT_TOP_K, filter: Filter | None = None
+    ) -> list[list[Hit]]:
+        """The `top_k` nearest points of each text (str) or image (path, bytes, PIL image),
+        closest first, among those `filter` selects (docs/search.md)."""
+        pipeline = self._first(collection, self._jobs.search_models(collection, items))
+        return self._send(self._jobs.search(pipeline, items, top_k, filter))
+
+    def upsert(self, collection: str, items: Any, ids: Sequence[int], payloads: Sequence[Any] | None = None) -> int:
+        """Store texts, images or vectors (an [n, d] float array) under `ids` (integers >= 0),
+        replacing points of the same id; `payloads`: a dict each. Returns how many were stored."""
+        model = self._jobs.upsert_model(collection, items)
+        return self._send(self._jobs.upsert(self.pipeline(model), items, ids, payloads))
+
+    def delete(self, collection: str, ids: Sequence[int] | None = None, filter: Filter | None = None) -> int:
+        """Delete points by id or by filter; returns how many were deleted."""
+        return self._send(self._jobs.delete(self.pipeline(CollectionNames(collection).index), ids, filter))
+
+    def count(self, collection: str, filter: Filter | None = None) -> int:
+        """How many points the collection holds, or how many `filter` selects."""
+        return self._send(self._jobs.count(self.pipeline(CollectionNames(collection).index), filter))
+
+    def exists(self, collection: str, ids: Sequence[int]) -> list[bool]:
+        """Whether each id is stored."""
+        return self._send(self._jobs.exists(self.pipeline(CollectionNames(collection).index), ids))
+
+    def _first(self, collection: str, models: list[str]) -> Pipeline:
+        """The first of `models` the server has."""
+        for model in (m for m in models if m not in self._jobs.unknown):
+            try:
+                return self.pipeline(model)
+            except EmbeddingError as error:
+                if not is_unknown_model(error):
+                    raise
+                self._jobs.unknown.add(model)  # asked once, like the models found
+        raise EmbeddingError(collection, f"no search model for these items on the server (tried {', '.join(models)})")
 
     def _send(self, job: Job[T]) -> T:
         if self._pool is not None:  # gRPC: the client is thread-safe

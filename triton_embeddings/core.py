@@ -31,6 +31,8 @@ import numpy as np
 from PIL import Image
 from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
+from triton_embeddings import names
+
 T = TypeVar("T")
 ImageInput = str | os.PathLike | bytes | Image.Image
 PROTOCOLS = ("grpc", "http")
@@ -120,6 +122,24 @@ class Pipeline:
             yield slice(start, min(start + self.max_batch_size, count))
 
 
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the point's id, its score (higher is closer, whatever the metric)
+    and the payload stored with it ({} when none was)."""
+
+    id: int
+    score: float
+    payload: Any
+
+
+Filter = str | bytes | dict[str, Any]  # the JSON filter of docs/search.md, as text or as a dict
+
+
+def is_text(item: Any) -> bool:
+    """Search and upsert take texts as `str`; an image as a path (os.PathLike), bytes or a PIL image."""
+    return isinstance(item, str)
+
+
 def image_bytes(image: ImageInput) -> bytes:
     """An encoded image file: bytes as given, a file read, a PIL image saved as PNG (lossless)."""
     if isinstance(image, bytes):
@@ -136,6 +156,29 @@ def image_bytes(image: ImageInput) -> bytes:
 
 def images_bytes(images: Sequence[ImageInput]) -> list[bytes]:
     return [image_bytes(image) for image in images]
+
+
+def _item_bytes(input_name: str, items: Sequence[Any]) -> list[bytes]:
+    return text_bytes(items) if input_name == names.TEXT.name else images_bytes(items)
+
+
+def _filter_bytes(filter: Filter) -> bytes:
+    if isinstance(filter, dict):
+        return json.dumps(filter, ensure_ascii=False).encode()
+    return filter.encode() if isinstance(filter, str) else filter
+
+
+def _id_rows(ids: Sequence[int]) -> np.ndarray:
+    """Point ids as an [n, 1] INT64 tensor; refuses what is not an integer rather than rounding it."""
+    array = np.asarray(ids)
+    if array.size and array.dtype.kind not in "iu":
+        raise TypeError(f"ids must be integers, got {array.dtype} values")
+    return array.astype(np.int64).reshape(-1, 1)
+
+
+def is_unknown_model(error: EmbeddingError) -> bool:
+    """The server does not have that model (as opposed to: it could not be reached)."""
+    return "unknown model" in error.message.lower()
 
 
 def text_bytes(texts: Sequence[str | bytes]) -> list[bytes]:
@@ -223,6 +266,7 @@ class Jobs:
         self.protocol = protocol
         self.module = transport(protocol, aio=False)  # InferInput and InferRequestedOutput, also for aio
         self.pipelines: dict[str, Pipeline] = {}
+        self.unknown: set[str] = set()  # search candidates the server said it does not have
         # gRPC answers get_model_config with a protobuf unless asked for JSON; HTTP always sends JSON.
         self.config_options: dict[str, Any] = {"as_json": True} if protocol == "grpc" else {}
 
@@ -245,6 +289,131 @@ class Jobs:
             return [(text.decode(), row) for text, row in zip(labels.reshape(-1), rows, strict=True)]
 
         return self._job(pipeline, name, images_bytes(images), [label, scores], finish)
+
+    # Search (docs/search.md): which model a call goes to, then the job.
+
+    @staticmethod
+    def search_models(collection: str, items: Sequence[Any]) -> list[str]:
+        """The ensembles that can search `items` in `collection`, in order of preference; the
+        first the server has is used. A model name works too (the last candidate)."""
+        collection_names = names.CollectionNames(collection)
+        if items and not is_text(items[0]):
+            return [collection_names.image_search, collection]
+        return [collection_names.search, collection_names.text_search, collection]
+
+    @staticmethod
+    def upsert_model(collection: str, items: Any) -> str:
+        """Vectors go to the index step, texts to COLLECTION_upsert, images to COLLECTION_image_upsert."""
+        collection_names = names.CollectionNames(collection)
+        if isinstance(items, np.ndarray) and items.dtype.kind == "f":
+            return collection_names.index
+        return (
+            collection_names.upsert
+            if items is not None and len(items) and is_text(items[0])
+            else (collection_names.image_upsert)
+        )
+
+    def search(
+        self, pipeline: Pipeline, items: Sequence[Any], top_k: int, filter: Filter | None
+    ) -> Job[list[list[Hit]]]:
+        item = self._item_input(pipeline, items)
+        rows = len(items)
+        inputs = {item: pipeline.rows(item, _item_bytes(item, items)), names.TOP_K.name: np.full((rows, 1), top_k)}
+        if filter is not None:
+            inputs[names.FILTER.name] = np.full((rows, 1), _filter_bytes(filter), dtype=object)
+        outputs = [names.IDS.name, names.SCORES.name, names.PAYLOADS.name]
+
+        def finish(replies: list[Any]) -> list[list[Hit]]:
+            if not replies:
+                return []
+            ids, scores, payloads = (np.concatenate([r.as_numpy(name) for r in replies]) for name in outputs)
+            return [
+                [Hit(int(i), float(s), json.loads(p)) for i, s, p in zip(*row, strict=True) if i >= 0]
+                for row in zip(ids, scores, payloads, strict=True)
+            ]
+
+        return self._rows_job(pipeline, inputs, outputs, finish)
+
+    def upsert(self, pipeline: Pipeline, items: Any, ids: Sequence[int], payloads: Sequence[Any] | None) -> Job[int]:
+        """Store `items` (texts, images or vectors) under `ids`, with `payloads` (dicts)."""
+        if len(ids) != len(items) or (payloads is not None and len(payloads) != len(items)):
+            raise ValueError(f"{len(items)} items, {len(ids)} ids and {len(payloads or ())} payloads: give one each")
+        if len(items) == 0:
+            return Job(pipeline.name, [], self._total)
+        if isinstance(items, np.ndarray) and items.dtype.kind == "f":
+            inputs = {names.EMBEDDING.name: np.ascontiguousarray(items, dtype=np.float32)}
+        else:
+            item = self._item_input(pipeline, items)
+            inputs = {item: pipeline.rows(item, _item_bytes(item, items))}
+        inputs[names.ID.name] = _id_rows(ids)
+        if payloads is not None:
+            encoded = [json.dumps(p, ensure_ascii=False, allow_nan=False).encode() for p in payloads]
+            inputs[names.PAYLOAD.name] = np.array(encoded, dtype=object).reshape(-1, 1)
+        return self._rows_job(pipeline, inputs, [names.COUNT.name], self._total)
+
+    def delete(self, index: Pipeline, ids: Sequence[int] | None, filter: Filter | None) -> Job[int]:
+        """How many points were deleted: by ids, or by a filter."""
+        if (ids is None) == (filter is None):
+            raise ValueError("delete takes ids or a filter, one of the two")
+        if filter is not None:
+            inputs = {names.FILTER.name: np.array([[_filter_bytes(filter)]], dtype=object)}
+        else:
+            inputs = {names.ID.name: _id_rows(ids)}
+        return self._action(index, "delete", inputs, self._total)
+
+    def count(self, index: Pipeline, filter: Filter | None) -> Job[int]:
+        """How many points the collection holds (that `filter` selects)."""
+        inputs = {} if filter is None else {names.FILTER.name: np.array([[_filter_bytes(filter)]], dtype=object)}
+        return self._action(index, "count", inputs, self._total, rows=1)
+
+    def exists(self, index: Pipeline, ids: Sequence[int]) -> Job[list[bool]]:
+        """Whether each id is stored."""
+        inputs = {names.ID.name: _id_rows(ids)}
+        return self._action(index, "exists", inputs, lambda replies: [bool(c) for c in self._counts(replies)])
+
+    def _action(
+        self,
+        index: Pipeline,
+        action: str,
+        inputs: dict[str, np.ndarray],
+        finish: Callable[[list[Any]], T],
+        rows: int = 0,
+    ) -> Job[T]:
+        rows = rows or len(next(iter(inputs.values())))
+        inputs[names.ACTION.name] = np.full((rows, 1), action.encode(), dtype=object)
+        return self._rows_job(index, inputs, [names.COUNT.name], finish)
+
+    def _rows_job(
+        self, pipeline: Pipeline, inputs: dict[str, np.ndarray], outputs: list[str], finish: Callable[[list[Any]], T]
+    ) -> Job[T]:
+        """Tensors of one row per item, split into requests of at most `max_batch_size` rows."""
+        if missing := [name for name in inputs if name not in pipeline.inputs]:
+            raise EmbeddingError(
+                pipeline.name, f"has no input {', '.join(missing)}: not a model of a search collection"
+            )
+        count = len(next(iter(inputs.values())))
+        requests = [
+            Request(self._infer(pipeline, {name: array[chunk] for name, array in inputs.items()}, outputs), chunk.start)
+            for chunk in pipeline.chunks(count)
+        ]
+        return Job(pipeline.name, requests, finish)
+
+    @staticmethod
+    def _item_input(pipeline: Pipeline, items: Sequence[Any]) -> str:
+        """The ensemble's TEXT or IMAGE input."""
+        found = [name for name in (names.TEXT.name, names.IMAGE.name) if name in pipeline.inputs]
+        if len(found) != 1:
+            raise EmbeddingError(
+                pipeline.name, f"expected a TEXT or an IMAGE input, the model has {list(pipeline.inputs)}"
+            )
+        return found[0]
+
+    @staticmethod
+    def _counts(replies: list[Any]) -> list[int]:
+        return [int(c) for reply in replies for c in reply.as_numpy(names.COUNT.name).reshape(-1)]
+
+    def _total(self, replies: list[Any]) -> int:
+        return sum(self._counts(replies))
 
     def _embed(self, pipeline: Pipeline, encode: Callable[[Any], list[bytes]], values: Any) -> Job[np.ndarray]:
         name, (output,) = self._signature(pipeline, "TYPE_FP32")
@@ -273,7 +442,10 @@ class Jobs:
         binary = {"binary_data": True} if self.protocol == "http" else {}
         tensors = []
         for name, array in inputs.items():
-            tensors.append(self.module.InferInput(name, list(array.shape), wire_type(pipeline.inputs[name][0])))
+            wire = wire_type(pipeline.inputs[name][0])
+            if wire != "BYTES":  # a number becomes the config's type (TOP_K is INT32, ids INT64)
+                array = np.asarray(array, dtype=triton_to_np_dtype(wire))
+            tensors.append(self.module.InferInput(name, list(array.shape), wire))
             tensors[-1].set_data_from_numpy(array, **binary)
         requested = [self.module.InferRequestedOutput(name, **binary) for name in outputs]
         return {"model_name": pipeline.name, "inputs": tensors, "outputs": requested}

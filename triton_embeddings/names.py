@@ -59,7 +59,7 @@ TEXT = TensorSpec("TEXT", "BYTES", (1,))
 EMBEDDING = TensorSpec("EMBEDDING", "FP32", (-1,))
 IMAGE = TensorSpec("IMAGE", "BYTES", (1,))  # an encoded image file: raw bytes, base64 or data URI
 LABEL = TensorSpec("LABEL", "BYTES", (1,))  # zero-shot classification: the best label
-SCORES = TensorSpec("SCORES", "FP32", (-1,))  # and the softmax over all labels, in label order
+SCORES = TensorSpec("SCORES", "FP32", (-1,))  # zero-shot: softmax over the labels; search: per hit, higher is closer
 
 # Between tokenizer and encoder: the Hugging Face names, so the ONNX graph reads like the model.
 INPUT_IDS = TensorSpec("input_ids", "INT64", (-1,))
@@ -145,3 +145,60 @@ class ClipPipelineNames:
 
     def models(self, *, classify: bool) -> tuple[str, ...]:
         return self.ensembles(classify=classify) + self.steps(classify=classify)
+
+
+# Search (docs/search.md). A collection's index step takes query vectors or points to store;
+# its ensembles put a pipeline's steps in front of it. Every input but the item is optional.
+TOP_K = TensorSpec("TOP_K", "INT32", (1,))  # hits per query (default: the collection's)
+FILTER = TensorSpec("FILTER", "BYTES", (1,))  # a JSON filter over payloads (docs/search.md)
+IDS = TensorSpec("IDS", "INT64", (-1,))  # per query: the hits' ids, closest first; -1 pads to k (and SCORES)
+PAYLOADS = TensorSpec("PAYLOADS", "BYTES", (-1,))  # per query: each hit's payload as JSON ("null" pads)
+ID = TensorSpec("ID", "INT64", (1,))  # per item to store or delete: its id, >= 0
+PAYLOAD = TensorSpec("PAYLOAD", "BYTES", (1,))  # per item to store: a JSON object (default {})
+COUNT = TensorSpec("COUNT", "INT64", (1,))  # per item: points written, deleted, found or counted
+ACTION = TensorSpec("ACTION", "BYTES", (1,))  # index step only: one of INDEX_ACTIONS per item
+# What the index step does with a request. Without ACTION: "upsert" when it has ID, else "search".
+# Deleting must be asked for by name.
+INDEX_ACTIONS = ("search", "upsert", "delete", "count", "exists")
+DEFAULT_TOP_K = 10
+DEFAULT_MAX_TOP_K = 1000
+
+
+@dataclass(frozen=True)
+class CollectionNames:
+    """Model names of one search collection: its index step and the ensembles over it. A text
+    pipeline gives `search` and `upsert`; a CLIP pipeline `image_search`, `text_search` and
+    `image_upsert`."""
+
+    name: str
+
+    @property
+    def index(self) -> str:
+        """The index step: vectors in (search, upsert), and delete, count, exists."""
+        return f"{self.name}_index"
+
+    @property
+    def search(self) -> str:
+        return f"{self.name}_search"
+
+    @property
+    def upsert(self) -> str:
+        return f"{self.name}_upsert"
+
+    @property
+    def text_search(self) -> str:
+        return f"{self.name}_text_search"
+
+    @property
+    def image_search(self) -> str:
+        return f"{self.name}_image_search"
+
+    @property
+    def image_upsert(self) -> str:
+        return f"{self.name}_image_upsert"
+
+    def ensembles(self, kind: str) -> tuple[str, ...]:
+        """The ensembles over a `kind` ("text" or "clip") pipeline."""
+        return (
+            (self.search, self.upsert) if kind == "text" else (self.image_search, self.text_search, self.image_upsert)
+        )

@@ -16,7 +16,7 @@ import argparse
 import sys
 
 from export import __version__
-from export.cli import exporting, perf, pipelines, serve
+from export.cli import exporting, perf, pipelines, search, serve
 from export.errors import UserError
 
 DISTRIBUTION = "triton-embeddings"  # the console script's name, and the package's on PyPI
@@ -34,6 +34,7 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         required=True, metavar="COMMAND", help="what to do; `%(prog)s COMMAND --help` for its flags"
     )
     exporting.add_commands(commands)
+    search.add_commands(commands)
     serve.add_command(commands)
     perf.add_command(commands)
     pipelines.add_commands(commands)

@@ -7,7 +7,7 @@ are checked by protobuf rather than by eye, and tests can parse any config back 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -61,12 +61,14 @@ class EnsembleStep:
         return cls(model, {spec.name: spec.name for spec in inputs}, {spec.name: spec.name for spec in outputs})
 
 
-def model_input(spec: TensorSpec, *, ragged: bool = False) -> mc.ModelInput:
+def model_input(spec: TensorSpec, *, ragged: bool = False, optional: bool = False) -> mc.ModelInput:
+    """`optional`: requests may leave it out (the model sees no tensor of that name)."""
     return mc.ModelInput(
         name=spec.name,
         data_type=mc.DataType.Value(spec.config_type),
         dims=list(spec.dims),
         allow_ragged_batch=ragged,
+        optional=optional,
     )
 
 
@@ -136,15 +138,16 @@ def ensemble(
     parameters: Mapping[str, str] | None = None,
     *,
     response_cache: bool = False,
+    optional: Collection[str] = (),
 ) -> mc.ModelConfig:
     """`response_cache`: a request whose inputs match an earlier one's, byte for byte, gets
     the stored response without running the steps (needs a cache on the server: serve's
-    --cache-mb)."""
+    --cache-mb). `optional`: the inputs requests may leave out."""
     config = mc.ModelConfig(name=name, platform="ensemble", max_batch_size=max_batch_size)
     config.response_cache.enable = response_cache
     for key, value in (parameters or {}).items():
         config.parameters[key].string_value = value
-    config.input.extend(model_input(spec) for spec in inputs)
+    config.input.extend(model_input(spec, optional=spec.name in optional) for spec in inputs)
     config.output.extend(model_output(spec) for spec in outputs)
     for step in steps:
         config.ensemble_scheduling.step.add(
@@ -154,6 +157,14 @@ def ensemble(
             output_map=dict(step.output_map),
         )
     return config
+
+
+def ensemble_steps(config: mc.ModelConfig) -> list[EnsembleStep]:
+    """The steps of an ensemble's config, to build another ensemble on the same steps."""
+    return [
+        EnsembleStep(step.model_name, dict(step.input_map), dict(step.output_map))
+        for step in config.ensemble_scheduling.step
+    ]
 
 
 def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:

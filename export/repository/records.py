@@ -26,12 +26,13 @@ RECORD_PARAMETER = "pipeline"
 @dataclass(frozen=True)
 class PipelineRecord:
     name: str
-    kind: str  # "text" or "clip"
+    kind: str  # "text" or "clip"; "search" for a collection
     runtime: str
     precision: str
     embedding_size: int
     ensembles: tuple[str, ...]  # what clients call
     steps: tuple[str, ...]  # what the ensembles call
+    uses: str = ""  # a search collection: the pipeline whose steps its ensembles call
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -77,6 +78,8 @@ def remove_pipeline(repository: Path, name: str) -> PipelineRecord:
         listed = ", ".join(known) or "none"
         raise InvalidArgumentError(f"{name!r} is not a pipeline in {repository} (pipelines: {listed})")
     record = known[name]
+    if users := [r.name for r in known.values() if r.uses == name]:
+        raise InvalidArgumentError(f"{name!r} is used by the collections {', '.join(users)}: remove them first")
     _delete(repository, record.models)
     return record
 

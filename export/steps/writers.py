@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +21,22 @@ from export.repository import config as model_config
 from export.repository.config import Batching
 from export.repository.layout import version_dir
 from export.steps.image_preprocess.image_processing import PreprocessSettings
+from export.steps.index.actions import IndexSettings
 from export.steps.tokenizer.tokenization import CLEANERS, load_tokenizer, token_arrays
-from triton_embeddings.names import EMBEDDING, LABEL, SCORES, TensorSpec
+from triton_embeddings.names import (
+    ACTION,
+    COUNT,
+    EMBEDDING,
+    FILTER,
+    ID,
+    IDS,
+    LABEL,
+    PAYLOAD,
+    PAYLOADS,
+    SCORES,
+    TOP_K,
+    TensorSpec,
+)
 
 STEPS = Path(__file__).parent  # one folder per step kind: model.py and its helper module
 TOKENIZER_FILE = "tokenizer.json"
@@ -137,4 +151,27 @@ def write_classifier(
         "logit_scale": repr(float(logit_scale)),
     }
     config = model_config.python_model(name, [model_config.model_input(embedding)], outputs, batching, parameters)
+    model_config.write_config(config, model_dir)
+
+
+# The index step's tensors by role (actions.py reads them by role, so names live in one place).
+INDEX_INPUTS = {"vector": EMBEDDING, "top_k": TOP_K, "filter": FILTER, "id": ID, "payload": PAYLOAD, "action": ACTION}
+INDEX_OUTPUTS = {"ids": IDS, "scores": SCORES, "payloads": PAYLOADS, "count": COUNT}
+
+
+def index_tensors() -> dict[str, str]:
+    return {role: spec.name for role, spec in (INDEX_INPUTS | INDEX_OUTPUTS).items()}
+
+
+def write_index(model_dir: Path, name: str, settings: IndexSettings, max_batch_size: int) -> None:
+    """The index step of a collection: every input optional (each action takes some of them),
+    one instance (the embedded engine's folder takes one process), no queue delay."""
+    add_python_model(model_dir, "index")
+    settings = replace(settings, tensors=index_tensors())
+    specs = {
+        role: spec.with_dims(settings.dimension) if role == "vector" else spec for role, spec in INDEX_INPUTS.items()
+    }
+    inputs = [model_config.model_input(spec, optional=True) for spec in specs.values()]
+    batching = Batching(max_batch_size=max_batch_size)
+    config = model_config.python_model(name, inputs, INDEX_OUTPUTS.values(), batching, settings.parameters())
     model_config.write_config(config, model_dir)

@@ -1,0 +1,1 @@
+"""Search collections over exported pipelines: export (collection.py) and ingest (ingest.py)."""
