@@ -17,6 +17,7 @@ from sentence_transformers import SentenceTransformer
 
 from export.clip.pipeline import ClipExportOptions, export_clip
 from export.runtimes import ServingOptions
+from export.search.collection import CollectionOptions, export_collection
 from export.serving.server import ServerOptions, TritonServer, free_port
 from export.text.default_model import default_model_path
 from export.text.pipeline import TextExportOptions, export_text
@@ -34,6 +35,8 @@ CACHED = "tiny-bert-cached"  # exported with --response-cache
 INT8 = DEFAULT_INT8_PIPELINE
 CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
 CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
+DOCS = "docs"  # a search collection over the default text pipeline (embedded engine)
+PHOTOS = "photos"  # a search collection over clip-vit-b-32
 
 
 @pytest.fixture(scope="session")
@@ -76,6 +79,8 @@ def repository(
         labels = CLIP_LABELS if name == "clip-vit-b-32" else ()
         options = ClipExportOptions(clip.arch, name, clip.pretrained, repo, labels=labels, templates=CLIP_TEMPLATES)
         export_clip(options)
+    export_collection(CollectionOptions(DOCS, DEFAULT_TEXT_PIPELINE, repo))
+    export_collection(CollectionOptions(PHOTOS, "clip-vit-b-32", repo, max_top_k=100))
     return repo
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
+
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
@@ -45,3 +49,17 @@ def infer_bytes(client: grpcclient.InferenceServerClient, model: str, name: str,
     tensor.set_data_from_numpy(text_array(items))
     result = client.infer(model, [tensor], outputs=[grpcclient.InferRequestedOutput(o) for o in outputs])
     return [result.as_numpy(output) for output in outputs]
+
+
+def post_infer(server, model: str, body: bytes) -> tuple[int, dict]:
+    """A raw KServe v2 JSON request to Triton's HTTP endpoint: (status, reply)."""
+    request = urllib.request.Request(
+        f"http://{server.options.http_url}/v2/models/{model}/infer",
+        data=body,
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.load(response)
+    except urllib.error.HTTPError as error:
+        return error.code, json.load(error)

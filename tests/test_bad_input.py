@@ -9,29 +9,14 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from tests.helpers import counts, embed_grpc, text_array
+from tests.helpers import counts, embed_grpc, post_infer, text_array
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
-
-
-def post_infer(server, model: str, body: bytes) -> tuple[int, dict]:
-    request = urllib.request.Request(
-        f"http://{server.options.http_url}/v2/models/{model}/infer",
-        data=body,
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.load(response)
-    except urllib.error.HTTPError as error:
-        return error.code, json.load(error)
 
 
 def text_body(data: list, *, name: str = TEXT.name, datatype: str = TEXT.datatype, shape=None) -> bytes:

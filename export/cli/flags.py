@@ -28,6 +28,23 @@ def add_pipeline(parser: argparse.ArgumentParser, help: str = PIPELINE_HELP) -> 
     parser.add_argument("pipeline", metavar="PIPELINE", help=help)
 
 
+PORTS = {"grpc": 8001, "http": 8000}  # serve's defaults
+
+
+def add_server(parser: argparse.ArgumentParser, protocol_help: str = "how to call the server") -> None:
+    """--url and --protocol of the commands that talk to a running server; `resolve_url` fills
+    in the URL's default from the protocol."""
+    parser.add_argument(
+        "--url", help="server address (default: localhost:8001 for grpc, localhost:8000 for http: serve's ports)"
+    )
+    parser.add_argument("--protocol", choices=list(PORTS), default="grpc", help=f"{protocol_help} (default: grpc)")
+
+
+def resolve_url(args: argparse.Namespace) -> None:
+    if args.url is None:
+        args.url = f"localhost:{PORTS[args.protocol]}"
+
+
 def add_switch(parser: argparse.ArgumentParser, flag: str, help: str, *, default: bool = False) -> None:
     """An on/off flag, --x and --no-x, its default said in the help."""
     action = parser.add_argument(

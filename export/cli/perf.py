@@ -10,8 +10,6 @@ from export.cli import flags
 from export.cli.pipelines import find_record
 from export.errors import UserError
 
-PORTS = {"grpc": 8001, "http": 8000}  # serve's defaults
-
 
 def add_command(commands: argparse._SubParsersAction) -> None:
     perf = commands.add_parser(
@@ -26,13 +24,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     perf.add_argument(
         "--input-data", type=Path, metavar="FILE", help="perf_analyzer input JSON (default: the pipeline's own)"
     )
-    perf.add_argument(
-        "--url",
-        help="server address (default: localhost:8001 for grpc, localhost:8000 for http: serve's ports)",
-    )
-    perf.add_argument(
-        "--protocol", choices=list(PORTS), default="grpc", help="how perf_analyzer calls the server (default: grpc)"
-    )
+    flags.add_server(perf, "how perf_analyzer calls the server")
     perf.add_argument(
         "--concurrency",
         type=int,
@@ -51,12 +43,7 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         default=50,
         help="how far windows may differ and still count as stable (default: 50)",
     )
-    perf.set_defaults(run=_run, resolve=_resolve)
-
-
-def _resolve(args: argparse.Namespace) -> None:
-    if args.url is None:
-        args.url = f"localhost:{PORTS[args.protocol]}"
+    perf.set_defaults(run=_run, resolve=flags.resolve_url)
 
 
 def _model(args: argparse.Namespace) -> str:

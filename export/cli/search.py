@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from export.cli import flags
 
@@ -56,6 +57,26 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     )
     search.set_defaults(run=_run_search)
 
+    ingest = commands.add_parser(
+        "ingest",
+        help="store a folder of images or a JSONL of texts in a served collection",
+        description="Sends each item through the collection's upsert ensemble on a running server. Resumable: "
+        "ids already stored are skipped. Bad items are listed at the end; the rest is stored. "
+        'JSONL: one object a line, {"text": ..., "id": optional integer, other fields: the payload}. '
+        'Images: every file under DIR, payload {"path": its path under DIR}. Exit status 1 when an item was bad.',
+    )
+    ingest.add_argument("collection", metavar="COLLECTION", help="the collection, as `export search` named it")
+    source = ingest.add_mutually_exclusive_group(required=True)
+    source.add_argument("--images", type=Path, metavar="DIR", help="a folder of images (a CLIP collection)")
+    source.add_argument("--jsonl", type=Path, metavar="FILE", help="a JSON-lines file of texts")
+    flags.add_server(ingest)
+    ingest.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per request (default: 60)")
+    ingest.add_argument("--batch", type=int, default=32, metavar="N", help="items a request (default: 32)")
+    ingest.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight (default: 4)")
+    flags.add_switch(ingest, "--resume", "skip the ids already stored", default=True)
+    flags.add_switch(ingest, "--progress", "a progress bar on stderr", default=True)
+    ingest.set_defaults(run=_run_ingest, resolve=flags.resolve_url)
+
 
 def _run_search(args: argparse.Namespace) -> int:
     from export.search.collection import CollectionOptions, export_collection
@@ -79,3 +100,29 @@ def _run_search(args: argparse.Namespace) -> int:
         f"on the {args.engine} engine, embedded by {record.uses}"
     )
     return 0
+
+
+def _run_ingest(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from export.errors import InvalidArgumentError
+    from export.search.ingest import check_collection, image_items, ingest, jsonl_items
+    from triton_embeddings import EmbeddingClient
+
+    if args.batch < 1 or args.concurrency < 1:
+        raise InvalidArgumentError("--batch and --concurrency must be at least 1")
+    items = image_items(args.images) if args.images else jsonl_items(args.jsonl)
+    with EmbeddingClient(args.url, args.protocol, timeout=args.timeout) as client:
+        check_collection(client, args.collection)
+        with tqdm(unit=" items", disable=not args.progress) as bar:
+            report = ingest(
+                client,
+                args.collection,
+                items,
+                batch=args.batch,
+                concurrency=args.concurrency,
+                resume=args.resume,
+                progress=bar.update,
+            )
+    print(report.summary())
+    return 1 if report.bad else 0
