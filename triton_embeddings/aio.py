@@ -36,7 +36,7 @@ from triton_embeddings.core import (
     server_errors,
     transport,
 )
-from triton_embeddings.names import DEFAULT_TOP_K, CollectionNames
+from triton_embeddings.names import CollectionNames
 
 T = TypeVar("T")
 
@@ -76,7 +76,7 @@ class AsyncEmbeddingClient:
         return (await self.pipeline(model)).labels
 
     async def search(
-        self, collection: str, items: Sequence[Any], top_k: int = DEFAULT_TOP_K, filter: Filter | None = None
+        self, collection: str, items: Sequence[Any], top_k: int | None = None, filter: Filter | None = None
     ) -> list[list[Hit]]:
         """The `top_k` nearest points of each text (str) or image (path, bytes, PIL image)."""
         pipeline = await self._first(collection, self._jobs.search_models(collection, items))

@@ -45,7 +45,7 @@ from triton_embeddings.core import (
     server_errors,
     transport,
 )
-from triton_embeddings.names import DEFAULT_TOP_K, CollectionNames
+from triton_embeddings.names import CollectionNames
 
 T = TypeVar("T")
 # AsyncEmbeddingClient and the core's names stay importable from here, as before the split.
@@ -91,10 +91,10 @@ class EmbeddingClient:
         return self.pipeline(model).labels
 
     def search(
-        self, collection: str, items: Sequence[Any], top_k: int = DEFAULT_TOP_K, filter: Filter | None = None
+        self, collection: str, items: Sequence[Any], top_k: int | None = None, filter: Filter | None = None
     ) -> list[list[Hit]]:
-        """The `top_k` nearest points of each text (str) or image (path, bytes, PIL image),
-        closest first, among those `filter` selects (docs/search.md)."""
+        """The `top_k` nearest points (default: the collection's) of each text (str) or image
+        (path, bytes, PIL image), closest first, among those `filter` selects (docs/search.md)."""
         pipeline = self._first(collection, self._jobs.search_models(collection, items))
         return self._send(self._jobs.search(pipeline, items, top_k, filter))
 

@@ -314,11 +314,13 @@ class Jobs:
         )
 
     def search(
-        self, pipeline: Pipeline, items: Sequence[Any], top_k: int, filter: Filter | None
+        self, pipeline: Pipeline, items: Sequence[Any], top_k: int | None, filter: Filter | None
     ) -> Job[list[list[Hit]]]:
         item = self._item_input(pipeline, items)
         rows = len(items)
-        inputs = {item: pipeline.rows(item, _item_bytes(item, items)), names.TOP_K.name: np.full((rows, 1), top_k)}
+        inputs = {item: pipeline.rows(item, _item_bytes(item, items))}
+        if top_k is not None:  # else the collection's default
+            inputs[names.TOP_K.name] = np.full((rows, 1), int(top_k))
         if filter is not None:
             inputs[names.FILTER.name] = np.full((rows, 1), _filter_bytes(filter), dtype=object)
         outputs = [names.IDS.name, names.SCORES.name, names.PAYLOADS.name]
