@@ -24,8 +24,7 @@ from export.tools.corpus import corpus, long_texts
 from tests import images
 from tests.clip_models import ClipReference
 from tests.conftest import CLIP_LABELS, CLIP_TEMPLATES
-from tests.helpers import embed_many, infer_bytes
-from tests.test_bad_input import post_infer
+from tests.helpers import embed_many, infer_bytes, post_infer
 from triton_embeddings.names import (
     CLIP_INPUT_IDS,
     EMBEDDING,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests import images
-from tests.test_bad_input import post_infer
+from tests.helpers import post_infer
 
 README = (Path(__file__).parents[1] / "README.md").read_text()
 PYTHON_BLOCKS = re.findall(r"```python\n(.*?)```", README, flags=re.DOTALL)
@@ -23,12 +23,16 @@ def on_test_server(code: str, server) -> str:
 
 @pytest.mark.parametrize("index", range(len(PYTHON_BLOCKS)))
 def test_python_examples(server, index: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each example embeds two items; image files it opens are generated in its folder."""
+    """Each example embeds two items (or searches); image files it opens are generated in its folder."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "cat.jpg").write_bytes(images.jpeg(400, 300))
     (tmp_path / "dog.png").write_bytes(images.in_mode("RGBA"))
     namespace: dict = {}
     exec(on_test_server(PYTHON_BLOCKS[index], server), namespace)
+    if "hits" in namespace:  # the search example: hits for each query, closest first
+        hits = namespace["hits"]
+        assert hits and all(row and row[0].score >= row[-1].score for row in hits)
+        return
     embeddings = namespace["embeddings"]
     assert embeddings.shape[0] == 2 and embeddings.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
