@@ -78,7 +78,7 @@ def test_the_image_installs_what_the_python_models_import() -> None:
             elif isinstance(node, ast.ImportFrom) and node.level == 0:
                 imported.add(node.module.split(".")[0])
     needed = imported - provided - helpers
-    assert needed == {"numpy", "tokenizers", "ftfy", "PIL", "onnxruntime", "qdrant_edge"}
+    assert needed == {"numpy", "tokenizers", "ftfy", "PIL", "onnxruntime", "qdrant_edge", "pymilvus"}
     dockerfile = (ROOT / "Dockerfile.triton").read_text().split("AS triton", 1)[1]
     installed = set(re.findall(r'"([A-Za-z0-9_-]+)==', dockerfile))
     distributions = {"PIL": "pillow", "qdrant_edge": "qdrant-edge-py"}
@@ -114,3 +114,78 @@ def test_dashboard_metrics_exist_on_a_live_server(server, grpc_client, query: st
     for metric in re.findall(r"\b(nv_[a-z_]+)", query):
         if metric != "nv_gpu_utilization":  # only where there is a GPU
             assert metric in exposed, metric
+
+
+MILVUS = ("milvus", "milvus-etcd", "milvus-minio")
+
+
+def test_milvus_profile_runs_milvus_standalone_with_its_etcd_and_minio() -> None:
+    services = COMPOSE["services"]
+    for name in MILVUS:
+        assert services[name]["profiles"] == ["milvus"], name
+        assert services[name]["healthcheck"]["test"][0] == "CMD", name
+        for volume in services[name]["volumes"]:  # named volumes, declared
+            assert volume.split(":")[0] in COMPOSE["volumes"], volume
+    images = {name: services[name]["image"] for name in MILVUS}
+    assert re.fullmatch(r"milvusdb/milvus:v2\.4\.\d+", images["milvus"])
+    assert images["milvus-etcd"].startswith("quay.io/coreos/etcd:v3.5.")
+    assert images["milvus-minio"].startswith("minio/minio:RELEASE.")
+    milvus = services["milvus"]
+    assert milvus["command"] == ["milvus", "run", "standalone"]
+    assert milvus["depends_on"] == {
+        "milvus-etcd": {"condition": "service_healthy"},
+        "milvus-minio": {"condition": "service_healthy"},
+    }
+    assert milvus["environment"]["ETCD_ENDPOINTS"] == "milvus-etcd:2379"
+    assert milvus["environment"]["MINIO_ADDRESS"] == "milvus-minio:9000"
+    minio = services["milvus-minio"]["environment"]  # the same credentials on both sides
+    assert milvus["environment"]["MINIO_ACCESS_KEY_ID"] == minio["MINIO_ROOT_USER"]
+    assert milvus["environment"]["MINIO_SECRET_ACCESS_KEY"] == minio["MINIO_ROOT_PASSWORD"]
+    assert "9091/healthz" in " ".join(milvus["healthcheck"]["test"])
+
+
+def test_milvus_storage_is_private_and_milvus_reachable_from_triton() -> None:
+    services = COMPOSE["services"]
+    assert COMPOSE["networks"]["milvus-internal"] == {"internal": True}
+    for name in ("milvus-etcd", "milvus-minio"):
+        assert services[name]["networks"] == ["milvus-internal"] and "ports" not in services[name]
+    assert services["milvus"]["networks"] == ["default", "milvus-internal"]  # triton is on default
+    assert all(port.startswith("127.0.0.1:") for port in services["milvus"]["ports"])
+    # Nothing outside the profile depends on it: the other profiles run without Milvus.
+    for name, service in services.items():
+        if name not in MILVUS:
+            assert not set(service.get("depends_on") or ()) & set(MILVUS), name
+
+
+def test_triton_cannot_depend_on_milvus_optionally_in_this_schema() -> None:
+    """Why the triton services have no depends_on milvus: `required: false` (Compose 2.20+) is
+    not in the schema the file is validated against."""
+    validator = jsonschema.Draft201909Validator(json.loads((ROOT / ".tools" / "compose_spec.json").read_text()))
+    optional = copy.deepcopy(COMPOSE)
+    optional["services"]["triton"]["depends_on"]["milvus"] = {"condition": "service_healthy", "required": False}
+    with pytest.raises(jsonschema.ValidationError):
+        validator.validate(optional)
+
+
+def test_collections_volume_is_where_the_index_step_looks() -> None:
+    """The embedded engine's data goes to collections/NAME beside the repository (outside it:
+    the repository is mounted read-only): a named volume must be mounted exactly there."""
+    from export.search.collection import COLLECTIONS_FOLDER
+    from export.steps.index.actions import IndexSettings
+
+    for name in ("triton", "triton-cpu"):
+        service = COMPOSE["services"][name]
+        (repository,) = [arg.split("=", 1)[1] for arg in service["command"] if arg.startswith("--model-repository=")]
+        settings = IndexSettings("embedded", 384, "cosine", 10, 1000, data_dir=f"{COLLECTIONS_FOLDER}/docs")
+        folder = settings.data_folder(Path(repository)).parent
+        mounts = {target: source for source, target in (volume.split(":")[:2] for volume in service["volumes"])}
+        assert mounts.get(str(folder)) == "collections", (name, folder, service["volumes"])
+        assert "collections" in COMPOSE["volumes"]
+
+
+def test_the_image_lets_the_server_write_collections() -> None:
+    """A named volume starts as a copy of the image's folder: root-owned if the image had none,
+    and the index step (run as triton-server) could not create its data."""
+    dockerfile = (ROOT / "Dockerfile.triton").read_text().split("AS triton", 1)[1]
+    assert re.search(r"mkdir -p [^\n]*/collections", dockerfile)
+    assert re.search(r"chown triton-server [^\n]*/collections", dockerfile)
