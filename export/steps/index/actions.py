@@ -23,9 +23,12 @@ from typing import Any
 
 import numpy as np
 
-try:  # in the export package
+# Served, this file runs from its copy beside model.py and imports its neighbours by their bare
+# names; in the export package (tests, the exporter), from the package. Never a mix of the two:
+# a served step runs exactly the code its export copied.
+if __package__:
     from export.steps.index.filters import Filter, FilterError, parse_filter
-except ImportError:  # copied into a model repository, beside model.py
+else:
     from filters import Filter, FilterError, parse_filter
 
 ENGINES = ("embedded", "milvus")
@@ -93,14 +96,14 @@ class IndexSettings:
 def open_index(settings: IndexSettings, repository: Path) -> Any:
     """The collection, on the configured engine (imported only when chosen)."""
     if settings.engine == "milvus":
-        try:
+        if __package__:
             from export.steps.index.milvus import MilvusIndex
-        except ImportError:
+        else:
             from milvus import MilvusIndex
         return MilvusIndex.open(settings.uri, settings.collection, settings.dimension, settings.metric)
-    try:
+    if __package__:
         from export.steps.index.embedded import EmbeddedIndex
-    except ImportError:
+    else:
         from embedded import EmbeddedIndex
     return EmbeddedIndex.open(settings.data_folder(repository), settings.dimension, settings.metric)
 
