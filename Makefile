@@ -21,13 +21,15 @@ PERF_ANALYZER := $(VENV)/lib/perf_analyzer/perf_analyzer
 # (docker compose itself cannot run here: no Docker engine), to validate docker-compose.yml.
 COMPOSE_SCHEMA := .tools/compose_spec.json
 CONCURRENCY ?= 1 2 4 8 16 32
+# A real Milvus server for the tests (export/serving/milvus_server.py looks here, or in $MILVUS_SERVER_VENV).
+MILVUS_VENV := .tools/milvus
 
-.PHONY: serve test soak lint perf perf-tools bench bench-tools system-deps
+.PHONY: serve test soak lint perf perf-tools bench bench-search bench-tools system-deps
 
 serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
-test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA)
+test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA) $(MILVUS_VENV)/bin/milvus-server
 	$(PY) -m ruff check export triton_embeddings tests benchmarks locustfiles
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -62,6 +64,12 @@ $(PERF_ANALYZER): | $(VENV)/bin/python
 bench: $(VENV)/.installed-bench $(PERF_ANALYZER) bench-tools
 	$(PY) -m benchmarks.side_by_side --out reports/bench
 
+# Search end to end (docs/search.md): the collection's ensembles against a FastAPI gateway over the
+# same engine (tables and chart in reports/bench-search), then the index alone at 10k and 100k points.
+bench-search: $(VENV)/.installed-bench
+	$(PY) -m benchmarks.search_e2e --out reports/bench-search
+	$(PY) -m benchmarks.search_index --sizes 10000 100000
+
 # wrk (Debian) for the HTTP systems, and infinity-emb in a venv of its own: its pins clash with
 # ours (sentence-transformers 3), and it brings its own torch.
 bench-tools: .bench/infinity/bin/infinity_emb
@@ -70,6 +78,15 @@ bench-tools: .bench/infinity/bin/infinity_emb
 .bench/infinity/bin/infinity_emb:
 	$(PYTHON) -m venv .bench/infinity
 	.bench/infinity/bin/pip install --quiet "infinity-emb[server,torch]==0.0.78" "torch==2.14.1"
+
+# The Milvus 2.3.5 standalone server of the PyPI wheel `milvus` (the newest Linux one), in a venv of
+# its own: its launcher's pins clash with ours. Our code unpacks and runs the binary (docs/search.md).
+.PHONY: milvus-server
+milvus-server: $(MILVUS_VENV)/bin/milvus-server
+
+$(MILVUS_VENV)/bin/milvus-server: | system-deps
+	rm -rf $(MILVUS_VENV) && $(PYTHON) -m venv $(MILVUS_VENV)
+	$(MILVUS_VENV)/bin/pip install --quiet milvus==2.3.5
 
 # Minutes of steady load, memory measured (tests/test_soak.py); SOAK_SECONDS=600 for longer.
 soak: $(VENV)/.installed-test

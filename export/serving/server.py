@@ -207,7 +207,7 @@ def check_repository(options: ServerOptions) -> None:
         raise ServerError(f"not in {repository}: {', '.join(absent)} (it has: {', '.join(present) or 'nothing'})")
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child before exec: get SIGTERM if the launching process dies, so no server
     outlives a killed `serve` or test run."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -270,7 +270,7 @@ class TritonServer:
             stdout=self.log,
             stderr=subprocess.STDOUT if self.log else None,
             start_new_session=True,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         return self
 
