@@ -373,3 +373,26 @@ def test_the_search_ensembles_are_listed_as_a_collection(repository: Path) -> No
         text=True,
     )
     assert refused.returncode == 1 and f"used by the collections {DOCS}" in refused.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["nope-collection", "--pipeline", "nope"], "'nope' is not a text or CLIP pipeline"),
+        (["x", "--pipeline", DEFAULT_TEXT_PIPELINE, "--engine", "milvus"], "--engine milvus needs --uri"),
+        (["x", "--pipeline", DEFAULT_TEXT_PIPELINE, "--top-k", "0"], "top-k must be between 1"),
+        (["x", "--pipeline", DEFAULT_TEXT_PIPELINE, "--uri", "http://h:1"], "--uri and --milvus-collection are for"),
+        ([DEFAULT_TEXT_PIPELINE, "--pipeline", DEFAULT_TEXT_PIPELINE], "is a text pipeline's name"),
+        (["x", "--pipeline", DOCS], f"'{DOCS}' is not a text or CLIP pipeline"),
+    ],
+)
+def test_export_search_refuses_in_one_line(repository: Path, args: list[str], message: str) -> None:
+    before = sorted(p.name for p in repository.iterdir())
+    done = subprocess.run(
+        [sys.executable, "-m", "export", "search", *args, "--repository", str(repository)],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 1 and done.stderr.startswith("error: ") and message in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in repository.iterdir()) == before
