@@ -26,7 +26,7 @@ class TritonPythonModel:
 
     def execute(self, requests: list) -> list:
         responses = [self._answer(request) for request in requests]
-        getattr(self.index, "maintain", lambda: None)()  # TEMP until embedded.maintain lands
+        self.index.maintain()
         return responses
 
     def _answer(self, request) -> pb_utils.InferenceResponse:
