@@ -18,7 +18,7 @@ from export.repository.records import pipelines, remove_pipeline
 from export.runtimes import ServingOptions
 from export.serving.server import ServerOptions, TritonServer, free_port
 from export.text.pipeline import TextExportOptions, export_text
-from tests.conftest import INT8
+from tests.conftest import DOCS, INT8, PHOTOS
 from tests.helpers import embed_http
 from triton_embeddings.names import ClipPipelineNames, TextPipelineNames
 
@@ -33,6 +33,8 @@ EXPECTED = {  # name: (kind, embedding size)
     "all-MiniLM-L6-v2-int8": ("text", 384),
     "clip-vit-b-32": ("clip", 512),
     "clip-tiny": ("clip", 32),
+    DOCS: ("search", 384),  # collections are listed beside the pipelines they embed with
+    PHOTOS: ("search", 512),
 }
 
 
