@@ -27,7 +27,8 @@ from pymilvus import MilvusException
 from export.serving.milvus_server import MilvusServer, MilvusServerError
 from export.steps.index.embedded import EmbeddedIndex
 from export.steps.index.filters import matches, parse_filter
-from export.steps.index.milvus import MAX_TOP_K, PAD_ID, PAD_PAYLOAD, PAD_SCORE, CollectionError, MilvusIndex
+from export.steps.index.hits import PAD_ID, PAD_PAYLOAD, PAD_SCORE, CollectionError
+from export.steps.index.milvus import MAX_TOP_K, MilvusIndex
 from tests.test_filters import MILVUS_EXACT_VALUES, filter_documents, parsed, random_payloads
 
 DIMENSION = 16
@@ -252,8 +253,8 @@ def test_served_it_uses_the_filters_copied_beside_it(tmp_path: Path) -> None:
     """In a model repository, model.py's neighbours import each other by bare names, with the
     project installed in the same environment: the engine must take the copy's filters, whose
     Filter objects the step parses, or a nested filter is not recognised as one."""
-    for name in ("filters.py", "milvus.py"):
-        (tmp_path / name).write_bytes((ROOT / "export" / "steps" / "index" / name).read_bytes())
+    for module in (ROOT / "export" / "steps" / "index").glob("*.py"):  # as export copies them
+        (tmp_path / module.name).write_bytes(module.read_bytes())
     served = subprocess.run(
         [sys.executable, "-c", SERVED], cwd=tmp_path, capture_output=True, text=True, timeout=60, check=False
     )

@@ -19,7 +19,7 @@ against a real Milvus 2.3.5 server. What this module guarantees:
   Strong instead (it waits for everything acknowledged before it, about as long);
 - payloads come back exactly as written; ids are 0 to 2**63-1, which both engines can store.
 
-Imports nothing of the project but filters: it is copied into the model repository beside
+Imports nothing of the project but its neighbours filters and hits: it is copied into the model repository beside
 model.py, which imports it only when the engine is milvus.
 """
 
@@ -29,7 +29,6 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,38 +40,23 @@ from pymilvus import DataType, MilvusClient, MilvusException
 # with the copy's, and to_milvus would not know the copy's nested Filter (seen: AttributeError).
 if __package__:
     from export.steps.index.filters import Filter, payload_for_qdrant, to_milvus
+    from export.steps.index.hits import CollectionError, Hits, check_ids, check_vectors
 else:
     from filters import Filter, payload_for_qdrant, to_milvus
+    from hits import CollectionError, Hits, check_ids, check_vectors
 
 METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 INDEX_TYPE = "HNSW"
 INDEX_PARAMS = {"M": 16, "efConstruction": 64}  # Milvus 2.3 refuses HNSW without them
 SEARCH_EF = 64  # HNSW beam width at query time, at least top_k
-PAD_ID = -1
-PAD_SCORE = float(np.finfo(np.float32).min)  # below every real score: order still means closeness
-PAD_PAYLOAD = "null"
 WRITE_BATCH = 1000  # points per upsert call, ids per lookup
 MAX_TOP_K = 16384  # Milvus refuses a larger limit
-MAX_ID = 2**63 - 1  # INT64 here, unsigned 64-bit in the embedded engine: ids live in both
 # Payload integers both engines store exactly (Milvus parses JSON with simdjson: int64 or uint64).
 PAYLOAD_INTEGERS = (-(2**63), 2**64 - 1)
 MAX_PAYLOAD_BYTES = 65536  # Milvus 2.3 refuses a longer JSON value
 TIMEOUT = 30.0  # seconds a call may take before the request fails (pymilvus retries within it)
 LOAD_TIMEOUT = 300.0  # loading a collection after a server restart
 COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")  # what Milvus accepts
-
-
-class CollectionError(ValueError):
-    """A request the collection cannot take (wrong vector size, ids out of range...)."""
-
-
-@dataclass(frozen=True)
-class Hits:
-    """The answer to `q` queries: [q, k] ids (int64), scores (float32), payloads (JSON text)."""
-
-    ids: np.ndarray
-    scores: np.ndarray
-    payloads: list[list[str]]
 
 
 class MilvusIndex:
@@ -115,10 +99,10 @@ class MilvusIndex:
     def upsert(self, ids: Sequence[int], vectors: np.ndarray, payloads: Sequence[dict]) -> int:
         """Insert or replace points by id; returns how many were given. An id given twice in
         one call ends with its last vector and payload, as two calls would."""
-        vectors = self._vectors(vectors, "upsert")
+        vectors = check_vectors(vectors, self.dimension, "upsert")
         if not len(ids) == len(vectors) == len(payloads):
             raise CollectionError(f"upsert: {len(ids)} ids, {len(vectors)} vectors and {len(payloads)} payloads")
-        checked = _ids(ids, "upsert")
+        checked = check_ids(ids, "upsert")
         texts = [_payload_text(payload, f"upsert: payloads[{index}]") for index, payload in enumerate(payloads)]
         last = {point_id: row for row, point_id in enumerate(checked)}  # Milvus would keep both
         rows = [
@@ -131,14 +115,12 @@ class MilvusIndex:
     def search(self, vectors: np.ndarray, top_k: int, filter: Filter | None = None) -> Hits:
         """The `top_k` nearest points of each query vector, closest first, among those `filter`
         (filters.parse_filter) selects."""
-        vectors = self._vectors(vectors, "search")
+        vectors = check_vectors(vectors, self.dimension, "search")
         if isinstance(top_k, bool) or not isinstance(top_k, int | np.integer) or not 0 <= top_k <= MAX_TOP_K:
             raise CollectionError(f"search: top_k must be an integer from 0 to {MAX_TOP_K}, got {top_k!r}")
-        ids = np.full((len(vectors), top_k), PAD_ID, dtype=np.int64)
-        scores = np.full((len(vectors), top_k), PAD_SCORE, dtype=np.float32)
-        payloads = [[PAD_PAYLOAD] * top_k for _ in vectors]
+        hits = Hits.padded(len(vectors), top_k)
         if not len(vectors) or not top_k:
-            return Hits(ids, scores, payloads)
+            return hits
         results = self._read(
             self.client.search,
             data=vectors.tolist(),
@@ -149,9 +131,9 @@ class MilvusIndex:
         )
         for row, points in enumerate(results):
             for column, point in enumerate(list(points)[:top_k]):
-                ids[row, column], scores[row, column] = point["id"], self._score(point["distance"])
-                payloads[row][column] = json.dumps(point["entity"]["payload"], ensure_ascii=False)
-        return Hits(ids, scores, payloads)
+                hits.ids[row, column], hits.scores[row, column] = point["id"], self._score(point["distance"])
+                hits.payloads[row][column] = json.dumps(point["entity"]["payload"], ensure_ascii=False)
+        return hits
 
     def _score(self, distance: float) -> float:
         """Milvus's L2 "distance" is the squared distance; the embedded engine scores -distance."""
@@ -159,7 +141,7 @@ class MilvusIndex:
 
     def existing(self, ids: Sequence[int]) -> list[int]:
         """Which of `ids` are stored (ingest skips them when it resumes)."""
-        wanted = list(dict.fromkeys(_ids(ids, "existing")))
+        wanted = list(dict.fromkeys(check_ids(ids, "existing")))
         found: set[int] = set()
         for start in range(0, len(wanted), WRITE_BATCH):
             chunk = wanted[start : start + WRITE_BATCH]
@@ -205,17 +187,6 @@ class MilvusIndex:
             self._covered_writes = max(self._covered_writes, unseen)
         return result
 
-    def _vectors(self, vectors: np.ndarray, what: str) -> np.ndarray:
-        with np.errstate(over="ignore"):  # values beyond float32 become inf, refused below
-            vectors = np.asarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
-            raise CollectionError(
-                f"{what}: expected vectors of {self.dimension} values, got shape {list(vectors.shape)}"
-            )
-        if not np.isfinite(vectors).all():
-            raise CollectionError(f"{what}: vectors hold NaN or infinite values")
-        return vectors
-
 
 def _create(client: MilvusClient, collection: str, dimension: int, metric: str) -> None:
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
@@ -243,15 +214,6 @@ def _settings(client: MilvusClient, collection: str) -> dict[str, Any]:
     metrics = {name: key for key, name in METRICS.items()}
     metric = metrics.get(described.get("metric_type"), described.get("metric_type", "no index"))
     return {"dimension": int(fields["vector"]["params"]["dim"]), "metric": metric}
-
-
-def _ids(ids: Sequence[int], what: str) -> list[int]:
-    checked = []
-    for index, point_id in enumerate(ids):
-        if isinstance(point_id, bool) or not isinstance(point_id, int | np.integer) or not 0 <= point_id <= MAX_ID:
-            raise CollectionError(f"{what}: ids[{index}] must be an integer from 0 to 2**63-1, got {point_id!r}")
-        checked.append(int(point_id))
-    return checked
 
 
 def _payload_text(payload: Any, path: str) -> str:
