@@ -56,8 +56,10 @@ from pydantic import BaseModel
 from benchmarks.common import CPUS, Row, chart, service, triton
 from export.search.collection import COLLECTIONS_FOLDER
 from export.serving.server import TritonServer, free_port
-from export.steps.index.embedded import READY, CollectionError, EmbeddedIndex
+from export.steps.index.embedded import EmbeddedIndex
 from export.steps.index.filters import FilterError, parse_filter
+from export.steps.index.generations import READY
+from export.steps.index.hits import CollectionError
 from export.tools import payloads
 from export.tools.corpus import corpus
 from triton_embeddings import AsyncEmbeddingClient

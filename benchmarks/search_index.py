@@ -14,9 +14,9 @@ the index step runs it (maintain() after every call):
 - writes while searching: a search, an upsert of 64 points and maintain(), paced at `--rate`
   points a second (about what the encoder of this machine produces: 280-620 sentences/s), until
   the optimization those writes start has been swapped in: the slowest search and the slowest
-  loop (search, upsert and upkeep) meanwhile, searches over 100 ms, the swap's pause (its load
-  of the new engine apart), and the slowest search in the 12 s after it (the old engine is
-  closed then, in a thread that holds the GIL);
+  loop (search, upsert and upkeep) meanwhile, searches over 100 ms, the swap's pause (the new
+  engine loads in a process of its own before it, in the time given in brackets), and the
+  slowest search in the 10 s after it (the old engine's process closes it then);
 - then, for choosing `optimize_after`: one query with more points left unindexed (upserted
   without upkeep), by how many.
 
@@ -35,11 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
-from export.steps.index.embedded import OPTIMIZE_AFTER, RETIRE_WITHIN, EmbeddedIndex
+from export.steps.index.embedded import OPTIMIZE_AFTER, EmbeddedIndex
 
 DIMENSION, CENTRES, NOISE = 384, 2000, 0.9
 BATCH = 1000
-AFTER_SWAP = RETIRE_WITHIN + 2.0  # seconds of searching measured after the swap: the old engine closes meanwhile
+AFTER_SWAP = 10.0  # seconds of searching measured after the swap: the old engine's process closes meanwhile
 QUERIES = 500
 TAILS = (2_500, 5_000, 10_000, 20_000)
 
@@ -174,7 +174,7 @@ def measure(size: int, folder: Path, optimize_after: int, centres: np.ndarray, r
     index = EmbeddedIndex.open(folder, DIMENSION, "cosine", optimize_after=optimize_after, log=events.append)
     try:
         build_s, insert_s = build(index, data, optimize_after)
-        time.sleep(RETIRE_WITHIN + 1)  # the last swap's old engine is closed by then
+        time.sleep(AFTER_SWAP)  # the last swap's old engine has closed by then
         status, memory = index.status(), rss_mb() - memory
         p50, p95 = one_query_ms(index, queries)
         found = index.search(queries, top_k=10).ids

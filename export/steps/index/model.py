@@ -13,6 +13,7 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 from actions import Action, IndexSettings, RequestError, open_index
+from hits import CollectionError
 
 
 class TritonPythonModel:
@@ -37,8 +38,10 @@ class TritonPythonModel:
                 inputs[name] = tensor.as_numpy()
         try:
             outputs = Action(self.settings, inputs).run(self.index)
-        except (RequestError, ValueError) as error:  # the engines' CollectionError is a ValueError
+        except (RequestError, CollectionError) as error:  # the request's fault: a 400, for it alone
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
+        except Exception as error:  # the engine's fault: this request fails, the others in the batch go on
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"index step: {error}"))
         return pb_utils.InferenceResponse([pb_utils.Tensor(name, array) for name, array in outputs.items()])
 
     def finalize(self) -> None:

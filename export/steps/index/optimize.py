@@ -16,8 +16,8 @@ process deletes what an unfinished run leaves and starts again later):
 4. copy the result as the next `base` (the serving process will write into this one);
 5. replay once more, then name the result in `ready` for the serving process to swap in.
 
-Imports nothing of the project but embedded.py, under either name: it is copied into the
-model repository beside model.py.
+Imports nothing of the project but its neighbours (generations, journal, processes,
+qdrant_engine), under either name: it is copied into the model repository beside model.py.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from typing import Any
 import qdrant_edge as qe
 
 if __package__:  # imported from the export package
-    from export.steps.index.embedded import (
+    from export.steps.index.generations import (
         BASE,
         ENGINE,
         JOURNAL,
@@ -42,21 +42,19 @@ if __package__:  # imported from the export package
         POSITION_FILE,
         READY,
         SETTINGS_FILE,
-        START,
-        Position,
-        engine_config,
-        lower_priority,
         new_generation,
         read_name,
         read_position,
         remove_leftovers,
-        replay,
         try_lock,
         write_atomically,
         write_position,
     )
+    from export.steps.index.journal import START, Position
+    from export.steps.index.processes import lower_priority
+    from export.steps.index.qdrant_engine import engine_config, replay
 else:  # run as a script, from the export package or beside model.py
-    from embedded import (  # type: ignore[no-redef]
+    from generations import (  # type: ignore[no-redef]
         BASE,
         ENGINE,
         JOURNAL,
@@ -64,19 +62,17 @@ else:  # run as a script, from the export package or beside model.py
         POSITION_FILE,
         READY,
         SETTINGS_FILE,
-        START,
-        Position,
-        engine_config,
-        lower_priority,
         new_generation,
         read_name,
         read_position,
         remove_leftovers,
-        replay,
         try_lock,
         write_atomically,
         write_position,
     )
+    from journal import START, Position  # type: ignore[no-redef]
+    from processes import lower_priority  # type: ignore[no-redef]
+    from qdrant_engine import engine_config, replay  # type: ignore[no-redef]
 
 BUSY = 75  # exit code when another optimizer holds the lock (EX_TEMPFAIL)
 CATCH_UP_PASSES = 20
