@@ -172,8 +172,7 @@ class Action:
             raise RequestError(f"delete takes {self.names['id']} or {self.names['filter']}, one of the two")
         if "id" in self.inputs:
             ids = self._ids()
-            found = set(index.existing(ids.tolist()))
-            index.delete(sorted(found))
+            found = set(index.delete(ids.tolist()))
             return self._counts(np.array([int(i in found) for i in ids.tolist()], dtype=np.int64))
         parsed = [self._parse(text, row) for row, text in enumerate(self._filter_texts(required=True))]
         return self._counts(np.array([index.delete_matching(f) for f in parsed], dtype=np.int64))

@@ -338,8 +338,8 @@ class EmbeddedIndex:
         return self._call("search", check_vectors(vectors, self.dimension, "search"), int(top_k), filter)
 
     def existing(self, ids: Sequence[int]) -> list[int]:
-        """Which of `ids` are stored (ingest skips them when it resumes)."""
-        checked = check_ids(ids, "existing")
+        """Which of `ids` are stored, each once (ingest skips them when it resumes)."""
+        checked = list(dict.fromkeys(check_ids(ids, "existing")))
         return self._call("retrieve", checked) if checked else []
 
     def count(self, filter: Filter | None = None) -> int:
@@ -349,11 +349,11 @@ class EmbeddedIndex:
         for start in range(0, len(ids), WRITE_BATCH):
             self._write(Record(DELETE, np.array(ids[start : start + WRITE_BATCH], dtype=np.int64)))
 
-    def delete(self, ids: Sequence[int]) -> int:
-        """Delete points by id; returns how many of them existed."""
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        """Delete points by id; returns those that existed (each once), the ones deleted."""
         found = self.existing(ids)
         self._delete_stored(found)
-        return len(found)
+        return found
 
     def delete_matching(self, filter: Filter) -> int:
         """Delete the points a filter matches; returns how many. Journaled as the ids it matched,

@@ -153,13 +153,14 @@ class MilvusIndex:
         rows = self._read(self.client.query, filter=to_milvus(filter), output_fields=["count(*)"])
         return int(rows[0]["count(*)"])
 
-    def delete(self, ids: Sequence[int]) -> int:
-        """Delete points by id; returns how many of them existed (Milvus counts the ids given)."""
+    def delete(self, ids: Sequence[int]) -> list[int]:
+        """Delete points by id; returns those that existed (each once), the ones deleted. Milvus
+        itself only counts the ids it was given."""
         found = self.existing(ids)
         for start in range(0, len(found), WRITE_BATCH):
             self._unseen_writes += 1  # first: a call that fails may still have deleted
             self.client.delete(self.collection, ids=found[start : start + WRITE_BATCH], timeout=TIMEOUT)
-        return len(found)
+        return found
 
     def delete_matching(self, filter: Filter) -> int:
         """Delete the points a filter matches; returns how many."""
