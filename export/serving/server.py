@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import importlib.util
 import ipaddress
-import json
 import os
 import signal
 import socket
@@ -31,12 +30,12 @@ from typing import IO
 
 from export.errors import UserError
 from export.repository.layout import DEFAULT_REPOSITORY, model_names
+from export.serving.repository_api import ADMIN_KEY_HEADER, RepositoryApi
 from export.serving.watchdog import StubWatchdog
 
 CONTROL_MODES = ("none", "explicit")
 # APIs that change the server or read beyond inference results: behind the admin key.
 RESTRICTED_APIS = ("model-repository", "logging", "trace", "shared-memory")
-ADMIN_KEY_HEADER = "admin-key"  # HTTP header carrying the key
 GRPC_ADMIN_KEY_HEADER = f"triton-grpc-protocol-{ADMIN_KEY_HEADER}"  # gRPC metadata: Triton prefixes it
 
 
@@ -291,45 +290,17 @@ class TritonServer:
             time.sleep(0.2)
         raise ServerError(f"tritonserver was not ready after {timeout:.0f} s{self._log_hint()}")
 
+    @property
+    def repository_api(self) -> RepositoryApi:
+        """The server's repository API (load, reload, state), with its admin key."""
+        return RepositoryApi(self.options.http_url, self.options.admin_key)
+
     def start_watchdog(self) -> None:
         """Reload any model whose Python-backend stub dies (watchdog.py)."""
         if self.options.restart_dead_stubs and self.process is not None and self.watchdog is None:
-            self.watchdog = StubWatchdog(
-                self.process.pid, self._model_ready, self._reload, self._instances, say=self._say
-            )
+            api = self.repository_api
+            self.watchdog = StubWatchdog(self.process.pid, api.is_ready, api.reload, api.instances, say=self._say)
             self.watchdog.start()
-
-    def _repository_call(self, path: str) -> bytes:
-        headers = {ADMIN_KEY_HEADER: self.options.admin_key} if self.options.admin_key else {}
-        request = urllib.request.Request(
-            f"http://{self.options.http_url}/v2/repository{path}", data=b"{}", headers=headers, method="POST"
-        )
-        with urllib.request.urlopen(request, timeout=600) as response:
-            return response.read()
-
-    def _model_state(self, model: str) -> str | None:
-        index = json.loads(self._repository_call("/index"))
-        return next((entry.get("state") for entry in index if entry.get("name") == model), None)
-
-    def _model_ready(self, model: str) -> bool:
-        return self._model_state(model) == "READY"
-
-    def _instances(self, model: str) -> int:
-        """Instances the model's config asks for: one stub each on this CPU server."""
-        url = f"http://{self.options.http_url}/v2/models/{model}/config"
-        with urllib.request.urlopen(url, timeout=60) as response:
-            config = json.loads(response.read())
-        return sum(int(group.get("count", 1)) for group in config.get("instance_group", []))
-
-    def _reload(self, model: str, timeout: float = 30.0) -> None:
-        """Unload, then load again once the unload has begun. (A plain `load` of an unchanged
-        model is a no-op: the dead instance would stay in service. Waiting for the unload to
-        finish can take a minute: Triton waits out the dead stub's timeouts.)"""
-        self._repository_call(f"/models/{model}/unload")
-        deadline = time.monotonic() + timeout
-        while self._model_state(model) == "READY" and time.monotonic() < deadline:
-            time.sleep(0.05)
-        self._repository_call(f"/models/{model}/load")
 
     @staticmethod
     def _say(message: str) -> None:

@@ -4,19 +4,31 @@ Triton 2.51's Python backend does not restart a stub that died (killed, out of m
 every later request to that model fails with "Stub process '<model>_0_0' is not healthy",
 until someone reloads it. This watchdog does: it follows the stub processes of the server's
 process group, and when a model that Triton still reports READY has lost one, it asks the
-server to load the model again (a reload: new stubs, same name, other models untouched).
-Requests caught in between get that clear error, never a wrong result.
+server to load the model again (repository_api.reload: new stubs swapped in once up, the model
+never gone meanwhile, other models untouched). Requests caught in between get that clear,
+retryable error, never a wrong result.
+
+It runs inside the launcher (server.py), or beside a server it did not start (`python -m export
+watchdog`, `watch()`): in docker compose, a service sharing the server container's process
+namespace, reloading through the repository API with the admin key.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from export.serving.repository_api import RepositoryApi
+
 STUB = "triton_python_backend_stub"
+SERVER = "tritonserver"
 
 
 @dataclass(frozen=True)
@@ -133,3 +145,55 @@ class StubWatchdog(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.join(timeout=10)
+
+
+def find_server(http_port: int = 8000) -> tuple[int, int] | None:
+    """The (pid, process group) of the tritonserver process serving HTTP on `http_port` (by its
+    --http-port flag, 8000 without one), if this process can see it: its stubs are in its group."""
+    wanted = f"--http-port={http_port}".encode()
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        ports = [arg for arg in args if arg.startswith(b"--http-port=")]
+        if Path(args[0].decode(errors="replace")).name == SERVER and (
+            wanted in ports or (not ports and http_port == 8000)
+        ):
+            return int(proc.name), int(stat.rsplit(")", 1)[1].split()[2])
+    return None
+
+
+def watch(api: RepositoryApi, *, interval: float = 0.5, wait: float = 600.0, say: Callable[[str], None] = print) -> int:
+    """Run the watchdog beside a server it did not start, until that server process ends.
+    Waits up to `wait` seconds for the server process to appear and be ready. Returns 1 when the
+    server is gone (its supervisor restarts it, and whoever runs this should run it again:
+    compose's restart policy), 2 if it never came."""
+    deadline, port = time.monotonic() + wait, int(api.http_url.rsplit(":", 1)[1])
+    while (found := find_server(port)) is None or not _ready(api):
+        if time.monotonic() > deadline:
+            say(f"stub-watchdog: no ready {SERVER} within {wait:.0f} s")
+            return 2
+        time.sleep(interval)
+    pid, group = found
+    watchdog = StubWatchdog(group, api.is_ready, api.reload, api.instances, interval=interval, say=say)
+    watchdog.start()
+    say(f"stub-watchdog: watching the stubs of {SERVER} pid {pid} (process group {group})")
+    try:
+        while Path(f"/proc/{pid}").exists():
+            time.sleep(interval)
+    finally:
+        watchdog.stop()
+    say(f"stub-watchdog: {SERVER} pid {pid} is gone")
+    return 1
+
+
+def _ready(api: RepositoryApi) -> bool:
+    try:
+        urllib.request.urlopen(f"http://{api.http_url}/v2/health/ready", timeout=2).close()
+        return True
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False
