@@ -11,15 +11,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 from PIL import Image
+from tritonclient.utils import InferenceServerException
 
 from export.tools.corpus import corpus
 from tests import images
 from tests.conftest import CLIP_LABELS
 from tests.helpers import embed_grpc, infer_bytes
 from triton_embeddings import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-from triton_embeddings.core import Jobs, Pipeline
+from triton_embeddings.core import Jobs, Pipeline, Retry, is_retryable
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, IMAGE, TEXT, ClipPipelineNames
 
 CLIP = ClipPipelineNames("clip-vit-b-32")
@@ -197,6 +199,59 @@ def test_core_refusals() -> None:
         Jobs("grpc").embed_text(Pipeline.from_config(config), ["a cat"])
     with pytest.raises(ValueError, match="protocol must be one of"):
         EmbeddingClient("localhost:1", "websocket")
+
+
+def test_retry_waits_doubling_within_its_budget_and_only_for_what_the_server_could_not_serve() -> None:
+    retry = Retry(attempts=6, first_delay=0.1, max_delay=0.5, budget=2.0)
+    stub_died = EmbeddingError("m", "in ensemble 'm', Stub process 'm_tokenizer_0_0' is not healthy.", None, "500")
+    waits = [retry.delay(stub_died, tries, elapsed=0.0) for tries in range(1, 7)]
+    for wait, cap in zip(waits[:5], [0.1, 0.2, 0.4, 0.5, 0.5], strict=True):
+        assert wait is not None and cap / 2 <= wait <= cap  # doubling, capped, shortened by up to half
+    assert waits[5] is None  # six tries made
+    assert retry.delay(stub_died, 1, elapsed=1.95) is None  # the next try would start past the budget
+    for retryable in (
+        EmbeddingError("m", "Exceeds maximum queue size", None, "StatusCode.UNAVAILABLE"),
+        EmbeddingError("m", "failed to connect to all addresses", None, "StatusCode.UNAVAILABLE"),
+        EmbeddingError("m", "Exceeds maximum queue size", None, "503"),
+        EmbeddingError("m", "Request for unknown model: 'm' has no available versions", None, "StatusCode.NOT_FOUND"),
+    ):
+        assert is_retryable(retryable), retryable
+    for refused in (
+        EmbeddingError("m", "TEXT[0] is an empty string", 0, "StatusCode.INVALID_ARGUMENT"),
+        EmbeddingError("m", "Request for unknown model: 'm' is not found", None, "StatusCode.NOT_FOUND"),
+        EmbeddingError("m", "no reply within 1 s"),
+    ):
+        assert not is_retryable(refused) and Retry().delay(refused, 1, 0.0) is None
+    index = Pipeline.from_config(
+        {"name": "c_index", "max_batch_size": 8, "input": [
+            {"name": "ID", "data_type": "TYPE_INT64", "dims": ["1"]},
+            {"name": "ACTION", "data_type": "TYPE_STRING", "dims": ["1"]},
+        ], "output": [{"name": "COUNT", "data_type": "TYPE_INT64", "dims": ["1"]}]}
+    )  # fmt: skip
+    assert not Jobs("grpc").delete(index, [1, 2], None).idempotent  # its count would change if resent
+    assert Jobs("grpc").exists(index, [1, 2]).idempotent
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_a_refused_request_is_sent_once(server, grpc_client, protocol: str) -> None:
+    """Bad input is the caller's to fix: no retry. Counted by the server's failure count, against
+    one request sent by hand (Triton 2.51 counts an ensemble's failure twice)."""
+
+    def failures() -> int:
+        stats = server.repository_api.statistics(DEFAULT_TEXT_PIPELINE)
+        return int(stats["model_stats"][0]["inference_stats"]["fail"]["count"])
+
+    before = failures()
+    empty = grpcclient.InferInput(TEXT.name, [1, 1], "BYTES")
+    empty.set_data_from_numpy(np.array([[b""]], dtype=object))
+    with pytest.raises(InferenceServerException):
+        grpc_client.infer(DEFAULT_TEXT_PIPELINE, [empty])
+    one_request = failures() - before
+    assert one_request > 0
+    before = failures()
+    with EmbeddingClient(url(server, protocol), protocol) as client, pytest.raises(EmbeddingError):
+        client.embed_text(DEFAULT_TEXT_PIPELINE, [""])
+    assert failures() - before == one_request
 
 
 def test_the_client_needs_no_torch_and_nothing_of_export() -> None:

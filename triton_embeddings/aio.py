@@ -17,6 +17,7 @@ no reply in time raises `EmbeddingError` like any other failure.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Sequence
 from typing import Any, TypeVar
 
@@ -31,6 +32,7 @@ from triton_embeddings.core import (
     Jobs,
     Pipeline,
     Request,
+    Retry,
     grpc_channel_args,
     is_unknown_model,
     server_errors,
@@ -42,13 +44,20 @@ T = TypeVar("T")
 
 
 class AsyncEmbeddingClient:
-    """Asyncio client. `concurrency`: requests in flight per call; `timeout`: seconds per request."""
+    """Asyncio client. `concurrency`: requests in flight per call; `timeout`: seconds per request;
+    `retry`: asking again while the server recovers (core.Retry)."""
 
     def __init__(
-        self, url: str = "localhost:8001", protocol: str = "grpc", *, concurrency: int = 4, timeout: float | None = None
+        self,
+        url: str = "localhost:8001",
+        protocol: str = "grpc",
+        *,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: Retry = Retry(),  # noqa: B008 (frozen: one shared default is fine)
     ) -> None:
         module = transport(protocol, aio=True)
-        self._jobs, self.protocol = Jobs(protocol), protocol
+        self._jobs, self.protocol, self.retry = Jobs(protocol), protocol, retry
         grpc = {"channel_args": grpc_channel_args()} if protocol == "grpc" else {}
         self.client: Any = module.InferenceServerClient(url, **grpc)
         self.concurrency, self.timeout = concurrency, timeout
@@ -111,7 +120,7 @@ class AsyncEmbeddingClient:
     async def _send(self, job: Job[T]) -> T:
         slots = asyncio.Semaphore(self.concurrency)
 
-        async def reply(request: Request) -> Any:
+        async def attempt(request: Request) -> Any:
             async with slots:
                 with job.errors(request):
                     try:
@@ -120,6 +129,18 @@ class AsyncEmbeddingClient:
                     # class (the builtin's alias from 3.11 on).
                     except asyncio.TimeoutError:
                         raise job.no_reply(self.timeout) from None
+
+        async def reply(request: Request) -> Any:
+            started, tries = time.monotonic(), 1
+            while True:
+                try:
+                    return await attempt(request)
+                except EmbeddingError as error:
+                    delay = self.retry.delay(error, tries, time.monotonic() - started) if job.idempotent else None
+                    if delay is None:
+                        raise
+                await asyncio.sleep(delay)  # its slot is free meanwhile
+                tries += 1
 
         return job.finish(list(await asyncio.gather(*(reply(request) for request in job.requests))))
 

@@ -15,7 +15,9 @@
 What it does for you: reads each pipeline's input and output names, dims, batch size and
 labels from the server once; splits long lists into requests of at most `max_batch_size` and
 sends them concurrently, keeping the order; uses binary tensors over HTTP; over gRPC,
-reconnects at least every second after the server went away; turns server errors into one
+reconnects at least every second after the server went away; asks again, within a budget,
+when the server could not serve a request for now (a model reloading after a crash, a full
+queue, the server restarting: `Retry`, never for delete); turns server errors into one
 exception type, `EmbeddingError`, with the model, the index of the bad item in your list
 where the server named one, and the server's message. `AsyncEmbeddingClient` (aio.py) is the
 same on asyncio. Both send the jobs of `triton_embeddings.core`, where the calls are defined.
@@ -24,7 +26,8 @@ Needs only tritonclient, numpy and Pillow.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -40,6 +43,8 @@ from triton_embeddings.core import (
     Job,
     Jobs,
     Pipeline,
+    Request,
+    Retry,
     grpc_channel_args,
     is_unknown_model,
     server_errors,
@@ -49,18 +54,26 @@ from triton_embeddings.names import CollectionNames
 
 T = TypeVar("T")
 # AsyncEmbeddingClient and the core's names stay importable from here, as before the split.
-__all__ = ["RECONNECT_BACKOFF_MS", "AsyncEmbeddingClient", "EmbeddingClient", "EmbeddingError", "Hit", "Pipeline"]
+__all__ = [
+    "RECONNECT_BACKOFF_MS", "AsyncEmbeddingClient", "EmbeddingClient", "EmbeddingError", "Hit", "Pipeline", "Retry",
+]  # fmt: skip
 
 
 class EmbeddingClient:
     """Blocking client. `concurrency`: requests in flight when a list needs several;
-    `timeout`: seconds per request."""
+    `timeout`: seconds per request; `retry`: asking again while the server recovers (core.Retry)."""
 
     def __init__(
-        self, url: str = "localhost:8001", protocol: str = "grpc", *, concurrency: int = 4, timeout: float | None = None
+        self,
+        url: str = "localhost:8001",
+        protocol: str = "grpc",
+        *,
+        concurrency: int = 4,
+        timeout: float | None = None,
+        retry: Retry = Retry(),  # noqa: B008 (frozen: one shared default is fine)
     ) -> None:
         module = transport(protocol, aio=False)
-        self._jobs, self.protocol, self.timeout = Jobs(protocol), protocol, timeout
+        self._jobs, self.protocol, self.timeout, self.retry = Jobs(protocol), protocol, timeout, retry
         self.client: Any
         if protocol == "http":
             self.client = module.InferenceServerClient(url, concurrency=concurrency, network_timeout=timeout or 60.0)
@@ -128,18 +141,27 @@ class EmbeddingClient:
         raise EmbeddingError(collection, f"no search model for these items on the server (tried {', '.join(models)})")
 
     def _send(self, job: Job[T]) -> T:
+        waits = [self._submit(request) for request in job.requests]  # all in flight, then in order
+        return job.finish([self._reply(job, request, wait) for request, wait in zip(job.requests, waits, strict=True)])
+
+    def _submit(self, request: Request) -> Callable[[], Any]:
+        """Send `request`; returns what waits for its reply."""
         if self._pool is not None:  # gRPC: the client is thread-safe
-            futures = [
-                self._pool.submit(self.client.infer, **r.kwargs, client_timeout=self.timeout) for r in job.requests
-            ]
-            waits = [future.result for future in futures]
-        else:  # HTTP: tritonclient's own greenlet pool, `concurrency` wide
-            waits = [self.client.async_infer(**request.kwargs).get_result for request in job.requests]
-        replies = []
-        for request, wait in zip(job.requests, waits, strict=True):
-            with job.errors(request):
-                replies.append(wait())
-        return job.finish(replies)
+            return self._pool.submit(self.client.infer, **request.kwargs, client_timeout=self.timeout).result
+        return self.client.async_infer(**request.kwargs).get_result  # HTTP: tritonclient's greenlet pool
+
+    def _reply(self, job: Job[T], request: Request, wait: Callable[[], Any]) -> Any:
+        started, tries = time.monotonic(), 1
+        while True:
+            try:
+                with job.errors(request):
+                    return wait()
+            except EmbeddingError as error:
+                delay = self.retry.delay(error, tries, time.monotonic() - started) if job.idempotent else None
+                if delay is None:
+                    raise
+            time.sleep(delay)
+            wait, tries = self._submit(request), tries + 1
 
     def close(self) -> None:
         if self._pool is not None:

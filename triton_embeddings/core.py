@@ -20,10 +20,11 @@ import io
 import json
 import math
 import os
+import random
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
@@ -46,12 +47,52 @@ RECONNECT_BACKOFF_MS = 1000
 
 class EmbeddingError(Exception):
     """The server refused or failed a request: `model`, `index` of the item in the caller's
-    list when the server named one, and the server's `message`."""
+    list when the server named one, the server's `message`, and the `status` it came with
+    (gRPC: "StatusCode.UNAVAILABLE"...; HTTP: "503"...; None when no server answered)."""
 
-    def __init__(self, model: str, message: str, index: int | None = None) -> None:
-        self.model, self.message, self.index = model, message, index
+    def __init__(self, model: str, message: str, index: int | None = None, status: str | None = None) -> None:
+        self.model, self.message, self.index, self.status = model, message, index, status
         where = f" (item {index})" if index is not None else ""
         super().__init__(f"{model}{where}: {message}")
+
+
+# What the server says while it recovers or sheds load: worth asking again a little later.
+RETRYABLE_STATUSES = ("StatusCode.UNAVAILABLE", "503")  # queue full, server going down or not up yet
+RETRYABLE_MESSAGES = (
+    "is not healthy",  # a Python-backend stub died; the watchdog is reloading its model
+    "has no available version",  # a model (re)loading
+    "is not ready",
+)
+
+
+def is_retryable(error: EmbeddingError) -> bool:
+    """Whether the server could not serve the request for now (as opposed to: refused it)."""
+    return error.status in RETRYABLE_STATUSES or any(text in error.message for text in RETRYABLE_MESSAGES)
+
+
+@dataclass(frozen=True)
+class Retry:
+    """How the clients ask again when the server could not serve a request for now
+    (is_retryable): only for calls that mean the same when repeated (all but delete, whose
+    count would change). Waits double from `first_delay` up to `max_delay`, each shortened by up
+    to half at random so that many clients do not come back at once; no try starts more than
+    `budget` seconds after the first, and at most `attempts` are made in all.
+
+    The default budget covers a stub's recovery with margin: the watchdog notices a dead stub
+    within 0.5 s and its model serves again 2-6 s after the kill (docs/reliability.md).
+    `Retry(attempts=1)` never retries."""
+
+    attempts: int = 10
+    first_delay: float = 0.1
+    max_delay: float = 2.0
+    budget: float = 15.0
+
+    def delay(self, error: EmbeddingError, tries: int, elapsed: float) -> float | None:
+        """Seconds to wait before try `tries + 1`, `elapsed` seconds after the first; None: give up."""
+        if tries >= self.attempts or not is_retryable(error):
+            return None
+        wait = min(self.max_delay, self.first_delay * 2 ** (tries - 1)) * random.uniform(0.5, 1.0)
+        return wait if elapsed + wait <= self.budget else None
 
 
 Tensors = dict[str, tuple[str, tuple[int, ...]]]  # name -> (ModelConfig data type, dims without the batch axis)
@@ -196,7 +237,8 @@ def server_errors(model: str, offset: int = 0) -> Iterator[None]:
     except InferenceServerException as error:
         message = error.message() or str(error)
         named = _ITEM_IN_MESSAGE.search(message)
-        raise EmbeddingError(model, message, offset + int(named.group(1)) if named else None) from None
+        index = offset + int(named.group(1)) if named else None
+        raise EmbeddingError(model, message, index, error.status()) from None
 
 
 @dataclass(frozen=True)
@@ -216,6 +258,7 @@ class Job(Generic[T]):
     model: str
     requests: list[Request]
     finish: Callable[[list[Any]], T]
+    idempotent: bool = True  # the same result if a request is sent again: Retry may resend it
 
     def errors(self, request: Request):
         """Context manager around waiting for `request`'s reply."""
@@ -361,7 +404,7 @@ class Jobs:
             inputs = {names.FILTER.name: np.array([[_filter_bytes(filter)]], dtype=object)}
         else:
             inputs = {names.ID.name: _id_rows(ids)}
-        return self._action(index, "delete", inputs, self._total)
+        return replace(self._action(index, "delete", inputs, self._total), idempotent=False)
 
     def count(self, index: Pipeline, filter: Filter | None) -> Job[int]:
         """How many points the collection holds (that `filter` selects)."""
