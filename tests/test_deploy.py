@@ -65,6 +65,24 @@ def test_compose_file_exports_before_it_serves() -> None:
     assert profiles["prometheus"] == profiles["grafana"] == ["monitoring"]
 
 
+def test_a_watchdog_runs_beside_each_server_as_the_tested_command() -> None:
+    """The compose watchdog is `python -m export watchdog` (test_faults.py runs the same command
+    against the bundled server): in the server's process namespace, with the admin key, on a
+    server whose repository API can load models."""
+    services = COMPOSE["services"]
+    for watchdog, triton, export in (("watchdog", "triton", "export"), ("watchdog-cpu", "triton-cpu", "export-cpu")):
+        service = services[watchdog]
+        assert service["profiles"] == services[triton]["profiles"]
+        assert service["pid"] == f"service:{triton}" and service["depends_on"] == [triton]
+        assert service["image"] == services[export]["image"]  # built by the export service
+        assert service["entrypoint"] == ["python", "-m", "export", "watchdog"]
+        assert service["command"] == [f"--url={triton}:8000"]
+        assert service["environment"]["TRITON_ADMIN_KEY"].startswith("${TRITON_ADMIN_KEY:?")
+        assert service["restart"] == "unless-stopped"
+        command = services[triton]["command"]
+        assert "--model-control-mode=explicit" in command and "--load-model=*" in command
+
+
 def test_the_image_installs_what_the_python_models_import() -> None:
     """Every third-party module a Python-backend model imports is installed by the image."""
     # `export`: a helper imports its sibling from the package, falling back to the bare name in a repository.

@@ -1,4 +1,5 @@
-"""`serve`: run Triton on a repository until Ctrl-C or SIGTERM."""
+"""`serve`: run Triton on a repository until Ctrl-C or SIGTERM; `watchdog`: reload the models of a
+server started otherwise whose Python-backend stubs die."""
 
 from __future__ import annotations
 
@@ -57,6 +58,43 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         "APIs; required when --host is not loopback (default: $TRITON_ADMIN_KEY)",
     )
     serve.set_defaults(run=_run)
+
+    watchdog = commands.add_parser(
+        "watchdog",
+        help="reload any Python-backend model whose stub dies, beside a server `serve` did not start",
+        description="What `serve` does for its own server, for a tritonserver started otherwise (docker compose, "
+        "Kubernetes): finds the tritonserver serving HTTP on the URL's port among the processes it can see "
+        "(in compose: `pid: service:triton`), follows its stubs, and reloads a model whose stub died through the "
+        "repository API (the server must run with --model-control-mode=explicit). Exits 1 when that server "
+        "process ends, so that the supervisor runs it again with the new one.",
+    )
+    watchdog.add_argument(
+        "--url", default="localhost:8000", help="the server's HTTP host:port (default: localhost:8000)"
+    )
+    watchdog.add_argument(
+        "--admin-key",
+        default=os.environ.get("TRITON_ADMIN_KEY"),
+        help="the server's admin key, for the repository API (default: $TRITON_ADMIN_KEY)",
+    )
+    watchdog.add_argument(
+        "--interval", type=float, default=0.5, metavar="S", help="seconds between looks (default: 0.5)"
+    )
+    watchdog.add_argument(
+        "--wait", type=float, default=600.0, metavar="S", help="seconds to wait for a ready server (default: 600)"
+    )
+    watchdog.set_defaults(run=_watch)
+
+
+def _watch(args: argparse.Namespace) -> int:
+    from export.serving.repository_api import RepositoryApi
+    from export.serving.watchdog import watch
+
+    url = args.url.removeprefix("http://")
+    return watch(RepositoryApi(url, args.admin_key), interval=args.interval, wait=args.wait, say=_say)
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def _interrupt(signum: int, frame: object) -> None:
