@@ -48,7 +48,7 @@ else:
 METRICS = {"cosine": "COSINE", "ip": "IP", "l2": "L2"}
 INDEX_TYPE = "HNSW"
 INDEX_PARAMS = {"M": 16, "efConstruction": 64}  # Milvus 2.3 refuses HNSW without them
-SEARCH_EF = 64  # HNSW beam width at query time, at least top_k
+SEARCH_EF = 128  # HNSW beam width at query time, at least top_k: the embedded engine's
 WRITE_BATCH = 1000  # points per upsert call, ids per lookup
 MAX_TOP_K = 16384  # Milvus refuses a larger limit
 # Payload integers both engines store exactly (Milvus parses JSON with simdjson: int64 or uint64).

@@ -10,8 +10,9 @@ answers, and the old one closes in its own time, after the swap.
 
 The two ends talk over a socket pair with multiprocessing's Connection (pickles). A request is
 a tuple (method, *arguments) of qdrant_engine.Engine; the answer ("ok", value) or ("failed",
-message); the first answer says whether the engine loaded. ("close",) or the end of the socket
-closes the engine and ends the process, and so does the end of the process that started it.
+message); the first answer says whether the engine loaded (and warmed: a few searches bring
+its pages in before requests come). ("close",) or the end of the socket closes the engine, at
+low priority, and ends the process, and so does the end of the process that started it.
 
 Started from the export package, the child runs as `python -m export.steps.index.shard`;
 started from the copy beside model.py, as that copy: the classes that cross (Filter, Hits,
@@ -33,9 +34,9 @@ from pathlib import Path
 from typing import Any
 
 if __package__:
-    from export.steps.index.processes import child_environment, die_with_parent, python_interpreter
+    from export.steps.index.processes import child_environment, die_with_parent, lower_priority, python_interpreter
 else:
-    from processes import child_environment, die_with_parent, python_interpreter
+    from processes import child_environment, die_with_parent, lower_priority, python_interpreter
 
 CLOSE_TIMEOUT = 120.0  # seconds a closing engine may take to write its files before it is killed
 
@@ -136,7 +137,8 @@ def serve(connection: Connection, engine: Any) -> None:
             method, *arguments = connection.recv()
         except (EOFError, OSError):
             return
-        if method == "close":
+        if method == "close":  # retired: its flush and unmapping yield to the engine that serves now
+            lower_priority()
             return
         try:
             value = getattr(engine, method)(*arguments)
@@ -165,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     connection = Connection(args.fd)
     try:
         engine = Engine(args.engine, args.dimension, args.metric, args.optimize_after)
+        engine.warm()
     except Exception as error:
         connection.send(("failed", f"loading {args.engine}: {type(error).__name__}: {error}"))
         return 1
