@@ -21,7 +21,7 @@ from tests import images
 from tests.conftest import CLIP_LABELS
 from tests.helpers import embed_grpc, infer_bytes
 from triton_embeddings import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-from triton_embeddings.core import Jobs, Pipeline, Retry, is_retryable
+from triton_embeddings.core import Jobs, Pipeline, Retry, is_retryable, is_unknown_model
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, IMAGE, TEXT, ClipPipelineNames
 
 CLIP = ClipPipelineNames("clip-vit-b-32")
@@ -216,6 +216,10 @@ def test_retry_waits_doubling_within_its_budget_and_only_for_what_the_server_cou
         EmbeddingError("m", "Request for unknown model: 'm' has no available versions", None, "StatusCode.NOT_FOUND"),
     ):
         assert is_retryable(retryable), retryable
+    not_found = "StatusCode.NOT_FOUND"
+    loading = EmbeddingError("m", "Request for unknown model: 'm' has no available versions", None, not_found)
+    absent = EmbeddingError("m", "Request for unknown model: 'm' is not found", None, not_found)
+    assert is_unknown_model(absent) and not is_unknown_model(loading)  # search does not remember a loading model
     for refused in (
         EmbeddingError("m", "TEXT[0] is an empty string", 0, "StatusCode.INVALID_ARGUMENT"),
         EmbeddingError("m", "Request for unknown model: 'm' is not found", None, "StatusCode.NOT_FOUND"),

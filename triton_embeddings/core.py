@@ -218,8 +218,9 @@ def _id_rows(ids: Sequence[int]) -> np.ndarray:
 
 
 def is_unknown_model(error: EmbeddingError) -> bool:
-    """The server does not have that model (as opposed to: it could not be reached)."""
-    return "unknown model" in error.message.lower()
+    """The server does not have that model (as opposed to: it could not be reached, or the model
+    is loading: "unknown model: 'x' has no available versions", which passes)."""
+    return "unknown model" in error.message.lower() and not is_retryable(error)
 
 
 def text_bytes(texts: Sequence[str | bytes]) -> list[bytes]:
