@@ -31,7 +31,7 @@ came meanwhile, copies the result as the next `base`, replays again and names th
 writes since, while the first one serves. Once it is done, the next `maintain()` has it replay
 the last few writes, names it in `current` and sends requests to it: that replay is the one
 pause of the serving thread (`status().last_pause`). The old process closes its engine on its
-own, and its generation is deleted once it has ended. The optimizer runs at nice 10 and in the
+own, and a thread deletes its generation once it has ended. The optimizer runs at nice 10 and in the
 idle I/O class: its copies of the engine otherwise slowed the page-ins of the served engine.
 
 A SIGKILL at any moment leaves `current` naming a complete generation and the journal holding
@@ -51,6 +51,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -193,6 +194,7 @@ class EmbeddedIndex:
         self.last_pause: float | None = None
         self.incoming: Incoming | None = None
         self.retiring: list[tuple[ShardProcess, Path]] = []  # old engines closing, and their generations
+        self.cleaning: threading.Thread | None = None  # deleting what retired engines left
 
     @classmethod
     def open(
@@ -510,17 +512,29 @@ class EmbeddedIndex:
         self.retiring.append((old, self.folder / old_name))
 
     def _reap(self, wait: bool = False) -> None:
-        """Delete the generations of old engines whose processes have ended, and the journal
-        files no generation needs any more."""
-        if not self.retiring:
-            return
+        """Once an old engine's process has ended, delete its generation and the journal files no
+        generation needs any more, in a thread: removing a generation of 1M points took 0.4 s
+        (unlinks release the GIL, so the serving thread goes on meanwhile)."""
+        ended = []
         for shard, generation in list(self.retiring):
             if wait:
                 shard.close(wait=True)
             if shard.ended():
-                shutil.rmtree(generation, ignore_errors=True)
                 self.retiring.remove((shard, generation))
-        remove_old_journal(self.folder)
+                ended.append(generation)
+        if not ended:
+            return
+        previous = self.cleaning
+
+        def clean() -> None:
+            if previous is not None:
+                previous.join()
+            for generation in ended:
+                shutil.rmtree(generation, ignore_errors=True)
+            remove_old_journal(self.folder)
+
+        self.cleaning = threading.Thread(target=clean, name="remove-old-generations", daemon=True)
+        self.cleaning.start()
 
     def close(self) -> None:
         """Stop a running optimizer (its work is lost, not the data), flush and release the folder."""
@@ -533,6 +547,8 @@ class EmbeddedIndex:
             self.incoming.shard.kill()
             self.incoming = None
         self._reap(wait=True)
+        if self.cleaning is not None:
+            self.cleaning.join()
         assert self.shard is not None and self.journal is not None
         self.flush()
         self.shard.close(wait=True)
