@@ -513,8 +513,8 @@ class EmbeddedIndex:
 
     def _reap(self, wait: bool = False) -> None:
         """Once an old engine's process has ended, delete its generation and the journal files no
-        generation needs any more, in a thread: removing a generation of 1M points took 0.4 s
-        (unlinks release the GIL, so the serving thread goes on meanwhile)."""
+        generation needs any more, in a thread at low priority: removing a generation of 1M
+        points took 0.4 s (unlinks release the GIL, so the serving thread goes on meanwhile)."""
         ended = []
         for shard, generation in list(self.retiring):
             if wait:
@@ -527,6 +527,7 @@ class EmbeddedIndex:
         previous = self.cleaning
 
         def clean() -> None:
+            lower_priority()  # this thread only (Linux sets niceness and I/O class per thread)
             if previous is not None:
                 previous.join()
             for generation in ended:
