@@ -31,7 +31,7 @@ import tritonclient.http as httpclient  # noqa: E402
 from locust import FastHttpUser, User, constant, events, task  # noqa: E402
 
 from export.tools import payloads  # noqa: E402
-from triton_embeddings.client import EmbeddingClient  # noqa: E402
+from triton_embeddings.client import EmbeddingClient, Retry  # noqa: E402
 from triton_embeddings.names import IMAGE, TEXT  # noqa: E402
 
 PAYLOAD_COUNT = {"text": 2000, "image": 16}
@@ -114,7 +114,8 @@ class HttpBinaryUser(_Pipeline, FastHttpUser):
 class GrpcUser(_Pipeline, User):
     def on_start(self) -> None:
         super().on_start()
-        self.client = EmbeddingClient(self.environment.parsed_options.grpc_host)
+        # No retries: a load test reports what the server refused, not what a second try hid.
+        self.client = EmbeddingClient(self.environment.parsed_options.grpc_host, retry=Retry(attempts=1))
         outputs = self.client.pipeline(self.model).outputs
         self.classify = any(kind == "TYPE_STRING" for kind, _ in outputs.values())
 
