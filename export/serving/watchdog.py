@@ -15,13 +15,12 @@ namespace, reloading through the repository API with the admin key.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 import urllib.error
 import urllib.request
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +40,21 @@ class Stub:
     started: int  # clock ticks since boot: tells a reload's new stub from the one it replaces
 
 
-def stubs(group: int) -> list[Stub]:
-    """Live stub processes of process group `group`, read from /proc: a stub's arguments are
-    its model.py (in <repository>/<model>/<version>/), ..., its instance name (the 8th)."""
-    found = []
+@dataclass(frozen=True)
+class Process:
+    """A live process as /proc shows it: its arguments and the stat fields after its name."""
+
+    pid: int
+    args: list[bytes]
+    fields: list[str]  # state, ppid, pgrp, ... (stat's fields 3 on; starttime is fields[19])
+
+    @property
+    def group(self) -> int:
+        return int(self.fields[2])
+
+
+def processes() -> Iterator[Process]:
+    """Every process this one can see, except those gone while read and zombies."""
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
             continue
@@ -54,11 +64,18 @@ def stubs(group: int) -> list[Stub]:
         except OSError:  # gone meanwhile
             continue
         fields = stat.rsplit(")", 1)[1].split()
-        state, pgrp, started = fields[0], int(fields[2]), int(fields[19])
-        if pgrp == group and state not in "ZX" and args[0].endswith(STUB.encode()) and len(args) > 8:
-            model = Path(args[1].decode()).parent.parent.name
-            found.append(Stub(model, args[8].decode(), int(proc.name), started))
-    return found
+        if fields[0] not in "ZX":
+            yield Process(int(proc.name), args, fields)
+
+
+def stubs(group: int) -> list[Stub]:
+    """Live stub processes of process group `group`, read from /proc: a stub's arguments are
+    its model.py (in <repository>/<model>/<version>/), ..., its instance name (the 8th)."""
+    return [
+        Stub(Path(p.args[1].decode()).parent.parent.name, p.args[8].decode(), p.pid, int(p.fields[19]))
+        for p in processes()
+        if p.group == group and p.args[0].endswith(STUB.encode()) and len(p.args) > 8
+    ]
 
 
 class StubWatchdog(threading.Thread):
@@ -151,19 +168,12 @@ def find_server(http_port: int = 8000) -> tuple[int, int] | None:
     """The (pid, process group) of the tritonserver process serving HTTP on `http_port` (by its
     --http-port flag, 8000 without one), if this process can see it: its stubs are in its group."""
     wanted = f"--http-port={http_port}".encode()
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        ports = [arg for arg in args if arg.startswith(b"--http-port=")]
-        if Path(args[0].decode(errors="replace")).name == SERVER and (
+    for process in processes():
+        ports = [arg for arg in process.args if arg.startswith(b"--http-port=")]
+        if Path(process.args[0].decode(errors="replace")).name == SERVER and (
             wanted in ports or (not ports and http_port == 8000)
         ):
-            return int(proc.name), int(stat.rsplit(")", 1)[1].split()[2])
+            return process.pid, process.group
     return None
 
 
