@@ -20,6 +20,7 @@ from tokenizers import Tokenizer
 from export.repository import config as model_config
 from export.repository.config import Batching
 from export.repository.layout import version_dir
+from export.steps.admission import AdmissionSettings
 from export.steps.image_preprocess.image_processing import PreprocessSettings
 from export.steps.index.actions import IndexSettings
 from export.steps.tokenizer.tokenization import CLEANERS, load_tokenizer, token_arrays
@@ -39,6 +40,7 @@ from triton_embeddings.names import (
 )
 
 STEPS = Path(__file__).parent  # one folder per step kind: model.py and its helper module
+SHARED_MODULES = (STEPS / "admission.py",)  # helpers of several steps, copied beside each model.py
 TOKENIZER_FILE = "tokenizer.json"
 LABEL_EMBEDDINGS_FILE = "label_embeddings.npy"
 
@@ -50,7 +52,7 @@ def add_python_model(model_dir: Path, kind: str) -> Path:
     if not (source / "model.py").is_file():
         raise FileNotFoundError(f"no Python-backend model named {kind!r} in {STEPS}")
     target = version_dir(model_dir)
-    for module in source.glob("*.py"):
+    for module in [*source.glob("*.py"), *SHARED_MODULES]:
         if module.name != "__init__.py":
             shutil.copyfile(module, target / module.name)
     return target / "model.py"
@@ -76,7 +78,8 @@ class TokenizerSettings:
         params = {key: value.string_value for key, value in model_config.read_config(model_dir).parameters.items()}
         text = (version_dir(model_dir) / params.pop("tokenizer_file")).read_text(encoding="utf-8")
         as_type = {field.name: int if field.type == "int" else str for field in fields(cls)}  # parameters are strings
-        return cls(tokenizer_json=text, **{key: as_type[key](value) for key, value in params.items()})
+        mine = {key: as_type[key](value) for key, value in params.items() if key in as_type}  # not admission's
+        return cls(tokenizer_json=text, **mine)
 
     def load(self) -> Tokenizer:
         """The Rust tokenizer, set up as the served tokenizer model.py sets it up."""
@@ -107,10 +110,13 @@ def write_tokenizer(
     text: TensorSpec,
     outputs: Sequence[TensorSpec],
     batching: Batching,
+    admission: AdmissionSettings | None = None,
 ) -> None:
+    """`admission`: the encoder and wait budget each request is admitted against (None: none)."""
     add_python_model(model_dir, "tokenizer")
     (version_dir(model_dir) / TOKENIZER_FILE).write_text(settings.tokenizer_json, encoding="utf-8")
-    config = model_config.python_model(name, [model_config.model_input(text)], outputs, batching, settings.parameters())
+    parameters = settings.parameters() | (admission.parameters() if admission else {})
+    config = model_config.python_model(name, [model_config.model_input(text)], outputs, batching, parameters)
     model_config.write_config(config, model_dir)
 
 
@@ -121,9 +127,10 @@ def write_image_preprocess(
     image: TensorSpec,
     pixels: TensorSpec,
     batching: Batching,
+    admission: AdmissionSettings | None = None,
 ) -> None:
     add_python_model(model_dir, "image_preprocess")
-    parameters = {"preprocess": settings.to_json()}
+    parameters = {"preprocess": settings.to_json()} | (admission.parameters() if admission else {})
     config = model_config.python_model(name, [model_config.model_input(image)], [pixels], batching, parameters)
     model_config.write_config(config, model_dir)
 

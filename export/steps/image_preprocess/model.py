@@ -3,7 +3,9 @@
 Each IMAGE element is an image file (JPEG, PNG, WebP, GIF, BMP, TIFF) as raw bytes, base64
 or a data:image URI. The preprocessing (image_processing.py beside this file) reproduces the
 model's own open_clip transform; its settings come from the config's `preprocess` parameter.
-A bad image fails its request only, with a message naming the element.
+A bad image fails its request only, with a message naming the element. Each request is
+admitted by its image count against the image encoder's backlog (admission.py) before any
+decoding, or refused at once as overloaded.
 """
 
 from __future__ import annotations
@@ -12,21 +14,35 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from admission import AdmissionSettings, Backlog, Overloaded, work_units
 from image_processing import ImageError, PreprocessSettings, preprocess
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
-        self.settings = PreprocessSettings.from_json(config["parameters"]["preprocess"]["string_value"])
+        params = {key: value["string_value"] for key, value in config["parameters"].items()}
+        self.settings = PreprocessSettings.from_json(params["preprocess"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
+        self.admission = AdmissionSettings.from_parameters(params)
+        self.backlog = Backlog(self.admission.encoder) if self.admission else None
+
+    def finalize(self) -> None:
+        if self.backlog is not None:
+            self.backlog.close()
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
         images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
+        if self.backlog is not None:
+            try:
+                self.backlog.admit(work_units(len(images), 0), self.admission.max_wait_ms / 1000)
+            except Overloaded as error:
+                refused = pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
+                return pb_utils.InferenceResponse(error=refused)
         pixels = []
         for index, image in enumerate(images):
             try:

@@ -2,19 +2,23 @@
 
 Loads the ONNX file export wrote beside this file. Inputs are ragged in the config, so the
 dynamic batcher may hand over requests of different sequence lengths: they are merged, then
-run in groups of similar length, each padded to its own longest row (padding.py), and the
-embeddings are put back in request order.
+run in groups of similar length, each padded to its own longest row (padding.py), shortest
+first, and each request is answered as soon as its rows are done. Each batch's time per unit
+of work is shared with the steps that admit requests (admission.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
+from admission import UNITS_PER_ROW, Backlog, instance_index
 from padding import extents, length_groups, pad_concat, trim
 
 
@@ -41,6 +45,11 @@ def _invalid(message: str):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
+def _answer(request, response) -> None:
+    """The request's one and final response, sent now rather than returned from execute()."""
+    request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
@@ -56,47 +65,90 @@ class TritonPythonModel:
         instances = sum(group.get("count", 1) for group in config.get("instance_group", [])) or 1
         threads = _threads(params["intra_op_threads"], instances)
         self.session = _session(folder / params["onnx_file"], threads, spinning)
+        self.backlog = Backlog(config["name"]) if params.get("admission") == "1" else None
+        self.instance = instance_index(args.get("model_instance_name", ""))
+        if self.backlog is not None:
+            self.backlog.restart(self.instance)  # what a dead stub had in flight is gone
 
-    def execute(self, requests: list) -> list:
-        responses: list = [None] * len(requests)
-        accepted: list[int] = []
+    def finalize(self) -> None:
+        if self.backlog is not None:
+            self.backlog.close()
+
+    def execute(self, requests: list) -> None:
+        """Answers each request as soon as its rows are done (the response sender), not when
+        the whole merged batch is: a short query merged with long passages leaves with the
+        first length group, and a request's wait is its own work, not its batch's."""
+        accepted: list = []
         feeds: dict[str, list[np.ndarray]] = {name: [] for name in self.input_names}
-        for index, request in enumerate(requests):
+        for request in requests:
             arrays = [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
             if len({array.shape for array in arrays}) > 1:
                 shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self.input_names, arrays, strict=True))
-                responses[index] = _invalid(f"inputs must all have the same shape, got {shapes}")
+                _answer(request, _invalid(f"inputs must all have the same shape, got {shapes}"))
                 continue
-            accepted.append(index)
+            accepted.append(request)
             for name, array in zip(self.input_names, arrays, strict=True):
                 feeds[name].append(array)
         if not accepted:
-            return responses
+            return None
 
-        sizes = [len(array) for array in feeds[self.input_names[0]]]
+        sizes = np.array([len(array) for array in feeds[self.input_names[0]]])
+        ends = np.cumsum(sizes)
+        owner = np.repeat(np.arange(len(accepted)), sizes)  # the request of each row
+        rows_left = sizes.copy()
+        answered = np.zeros(len(accepted), dtype=bool)
         batch = {name: pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
+        units = self._units(batch)
+        out = None
         try:
-            embeddings = self._run(batch)
+            with self._timed(units) as finished:
+                for rows, part in self._parts(batch):
+                    finished(units[rows].sum())
+                    out = np.empty((len(owner), *part.shape[1:]), part.dtype) if out is None else out
+                    out[rows] = part
+                    np.subtract.at(rows_left, owner[rows], 1)
+                    for index in np.unique(owner[rows]):
+                        if rows_left[index] == 0:
+                            self._send(accepted[index], out[ends[index] - sizes[index] : ends[index]])
+                            answered[index] = True
         except Exception as error:  # onnxruntime has its own exception types; fail this batch only
             failure = pb_utils.TritonError(f"encoder failed: {error}")
-            for index in accepted:
-                responses[index] = pb_utils.InferenceResponse(error=failure)
-            return responses
-        for index, part in zip(accepted, np.split(embeddings, np.cumsum(sizes)[:-1]), strict=True):
-            responses[index] = pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, part)])
-        return responses
+            for request in (r for r, done in zip(accepted, answered, strict=True) if not done):
+                _answer(request, pb_utils.InferenceResponse(error=failure))
+            return None
+        for index in np.flatnonzero(~answered):  # requests of no rows
+            _answer(accepted[index], _invalid("the request holds no rows"))
+        return None
 
-    def _run(self, batch: dict[str, np.ndarray]) -> np.ndarray:
-        """One session run, or one per length group for token inputs, in the batch's row order."""
+    def _send(self, request, embeddings: np.ndarray) -> None:
+        _answer(request, pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, embeddings)]))
+
+    def _units(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+        """Each row's work in admission units (admission.py): its tokens, or none for images."""
+        first = batch[self.input_names[0]]
+        if self.length_input:
+            tokens = extents(batch[self.length_input], self.left)
+        else:  # token ids at a fixed length; images: no tokens
+            tokens = np.full(len(first), first.shape[1] if first.ndim == 2 else 0)
+        return UNITS_PER_ROW + tokens
+
+    def _timed(self, units: np.ndarray):
+        if self.backlog is None:
+            return contextlib.nullcontext(lambda done: None)
+        return self.backlog.batch(self.instance, float(units.sum()))
+
+    def _parts(self, batch: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """(rows, their embeddings): one session run, or one per length group for token
+        inputs, shortest first."""
+        every = np.arange(len(batch[self.input_names[0]]))
         if not self.length_input:
-            return self.session.run([self.output_name], batch)[0]
+            yield every, self.session.run([self.output_name], batch)[0]
+            return
         lengths = extents(batch[self.length_input], self.left)
         groups = length_groups(lengths, self.max_batch_tokens)
         if len(groups) == 1 and lengths.max() == batch[self.length_input].shape[1]:
-            return self.session.run([self.output_name], batch)[0]
-        out = None
+            yield every, self.session.run([self.output_name], batch)[0]
+            return
         for rows in groups:
             (part,) = self.session.run([self.output_name], trim(batch, rows, int(lengths[rows].max()), self.left))
-            out = np.empty((len(lengths), *part.shape[1:]), part.dtype) if out is None else out
-            out[rows] = part
-        return out
+            yield rows, part

@@ -5,6 +5,9 @@ and a prompt prefix come from the config's parameters; which tensors to emit, an
 integer type, from the config's outputs. All texts of one execute() (every request the
 dynamic batcher merged) are tokenized in one call and padded to one length, so these
 requests leave with tensors of one shape and can be merged again by the encoder's batcher.
+Each request is admitted against the encoder's backlog (admission.py), or refused at once as
+overloaded: before tokenizing if the work queued ahead is already past the wait budget, else
+by its own tokens.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
+from admission import AdmissionSettings, Backlog, Overloaded, work_units
 from tokenization import CLEANERS, load_tokenizer, token_arrays
 
 
@@ -41,6 +45,7 @@ class TritonPythonModel:
         self.input_name = config["input"][0]["name"]
         self.dtypes = {out["name"]: pb_utils.triton_string_to_numpy(out["data_type"]) for out in config["output"]}
         self.prefix = params.get("prefix", "")
+        self.pad_to_length = int(params.get("pad_to_length", "0"))
         self.max_text_bytes = int(params.get("max_text_bytes", 1 << 20))
         self.clean = CLEANERS[params.get("clean", "none")]
         folder = Path(args["model_repository"]) / args["model_version"]
@@ -50,8 +55,30 @@ class TritonPythonModel:
             padding_side=params["padding_side"],
             pad_token_id=int(params["pad_token_id"]),
             pad_token=params["pad_token"],
-            pad_to_length=int(params.get("pad_to_length", "0")),
+            pad_to_length=self.pad_to_length,
         )
+        self.admission = AdmissionSettings.from_parameters(params)
+        self.backlog = Backlog(self.admission.encoder) if self.admission else None
+
+    def finalize(self) -> None:
+        if self.backlog is not None:
+            self.backlog.close()
+
+    def _refused(self, encodings: list | None = None) -> pb_utils.TritonError | None:
+        """None, or the error refusing a request as more than the wait budget allows: before
+        tokenizing (`encodings` None) on the work queued ahead alone, after on its own tokens too."""
+        if self.backlog is None:
+            return None
+        budget = self.admission.max_wait_ms / 1000
+        try:
+            if encodings is None:
+                self.backlog.check(budget)
+            else:
+                tokens = sum(len(e.attention_mask) if self.pad_to_length else sum(e.attention_mask) for e in encodings)
+                self.backlog.admit(work_units(len(encodings), tokens), budget)
+        except Overloaded as error:
+            return pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
+        return None
 
     def execute(self, requests: list) -> list:
         texts, errors = [], []
@@ -59,8 +86,9 @@ class TritonPythonModel:
             tensor = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             try:
                 decoded = _decode_texts(tensor, self.input_name, self.max_text_bytes)
-                texts.append([self.clean(self.prefix + text) for text in decoded])
-                errors.append(None)
+                refused = self._refused()  # before the tokenizer spends time on texts it would refuse
+                texts.append([] if refused else [self.clean(self.prefix + text) for text in decoded])
+                errors.append(refused)
             except ValueError as error:
                 texts.append([])
                 errors.append(pb_utils.TritonError(str(error), pb_utils.TritonError.INVALID_ARG))
@@ -71,7 +99,12 @@ class TritonPythonModel:
             if error is not None:
                 responses.append(pb_utils.InferenceResponse(error=error))
                 continue
-            arrays = token_arrays(encodings[start : start + len(batch)], self.dtypes)
+            mine = encodings[start : start + len(batch)]
             start += len(batch)
+            refused = self._refused(mine)
+            if refused is not None:
+                responses.append(pb_utils.InferenceResponse(error=refused))
+                continue
+            arrays = token_arrays(mine, self.dtypes)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor(n, a) for n, a in arrays.items()]))
         return responses
