@@ -45,8 +45,7 @@ def test_concurrent_single_text_requests_are_batched(server, grpc_client) -> Non
     inferences, executions = inferences - inferences_before, executions - executions_before
     assert inferences == REQUESTS
     # Texts of different lengths merge too (ragged inputs); one execution per request would
-    # mean no batching at all. Two encoder instances (the default) each take what queued while
-    # the other ran, so batches are smaller than with one: about 4 requests each here.
+    # mean no batching at all.
     assert executions <= REQUESTS / 2, f"{executions} executions for {inferences} inferences"
     # Batched with strangers, each text still gets its own embedding.
     alone = embed_grpc(grpc_client, DEFAULT_TEXT_PIPELINE, pool[:10])

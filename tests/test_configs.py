@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
+from export.errors import InvalidArgumentError
 from export.repository.config import read_config
 from export.repository.layout import model_names
 from triton_embeddings.names import (
@@ -120,22 +121,40 @@ def test_cli_flags_reach_the_configs_for_the_python_runtime(tmp_path: Path, tiny
     command = [
         sys.executable, "-m", "export", "text", str(tiny_models["tiny-bert"].path), "--name", "cpu-bert",
         "--repository", str(tmp_path), "--max-batch-tokens", "300", "--intra-op-spinning",
-        "--max-queue-size", "7", "--queue-timeout-ms", "5000", "--intra-op-threads", "3",
+        "--max-queue-size", "7", "--queue-timeout-ms", "5000", "--intra-op-threads", "3", "--max-wait-ms", "1500",
     ]  # fmt: skip
     done = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     names = TextPipelineNames("cpu-bert")
-    encoder = read_config(tmp_path / names.encoder)
+    encoder, tokenizer = read_config(tmp_path / names.encoder), read_config(tmp_path / names.tokenizer)
     params = {key: value.string_value for key, value in encoder.parameters.items()}
     assert (params["max_batch_tokens"], params["intra_op_spinning"], params["intra_op_threads"]) == ("300", "1", "3")
-    for config in (encoder, read_config(tmp_path / names.tokenizer)):
-        policy = config.dynamic_batching.default_queue_policy
-        assert (policy.max_queue_size, policy.default_timeout_microseconds) == (7, 5_000_000)
+    # Queue bounds asked for bound the entry step; the encoder's queue is what admission lets in.
+    policy = tokenizer.dynamic_batching.default_queue_policy
+    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (7, 5_000_000)
+    assert not encoder.dynamic_batching.HasField("default_queue_policy")
+    assert tokenizer.parameters["max_wait_ms"].string_value == "1500"
+    assert tokenizer.parameters["admission_encoder"].string_value == names.encoder
+
+
+def test_the_queue_policies_without_admission() -> None:
+    """--max-wait-ms 0 brings back the request-counting bounds on every step; a GPU runtime
+    (no admission: its encoder cannot time its own batches) has them by default."""
+    from export.runtimes import ServingOptions
+
+    for serving in (ServingOptions(max_wait_ms=0), ServingOptions(runtime="onnxruntime")):
+        steps, encoders = serving.batching()
+        size = encoders.max_batch_size
+        for batching in (steps, encoders):
+            assert (batching.max_queue_size, batching.queue_timeout_us) == (4 * size, 30_000_000), serving
+        assert serving.admission("e") is None
+    with pytest.raises(InvalidArgumentError, match="--max-wait-ms applies to --runtime python"):
+        ServingOptions(runtime="onnxruntime", max_wait_ms=1000)
 
 
 def test_python_runtime_defaults(repository: Path) -> None:
-    """Length groups for token encoders only; the documented queue bounds on every step; all
-    CPUs for each fp32 encoder instance, the CPUs split among the int8 ones."""
+    """Length groups for token encoders only; admission in place of queue policies; one
+    encoder instance with all CPUs for fp32, the CPUs split among int8 instances."""
     text = read_config(repository / TextPipelineNames(DEFAULT_TEXT_PIPELINE).encoder)
     params = {key: value.string_value for key, value in text.parameters.items()}
     assert (params["length_input"], params["max_batch_tokens"], params["intra_op_spinning"]) == (
@@ -146,8 +165,12 @@ def test_python_runtime_defaults(repository: Path) -> None:
     assert int8.parameters["intra_op_threads"].string_value == "per_instance"
     clip_text = read_config(repository / ClipPipelineNames("clip-tiny").text_encoder)
     assert "length_input" not in clip_text.parameters  # a fixed context, no mask: nothing to group
-    policy = text.dynamic_batching.default_queue_policy
-    assert (policy.max_queue_size, policy.default_timeout_microseconds) == (4 * 64, 30_000_000)
+    # Admission by work, 2 s, and no Triton queue policy (docs/reliability.md, "Overload").
+    tokenizer = read_config(repository / TextPipelineNames(DEFAULT_TEXT_PIPELINE).tokenizer)
+    assert tokenizer.parameters["max_wait_ms"].string_value == "2000" and params["admission"] == "1"
+    for config in (text, tokenizer):
+        assert not config.dynamic_batching.HasField("default_queue_policy"), config.name
+    assert [g.count for g in text.instance_group] == [1]
 
 
 def test_gpu_runtime_defaults(tmp_path: Path, tiny_models) -> None:

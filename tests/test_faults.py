@@ -238,7 +238,7 @@ def test_a_stub_dying_while_another_model_reloads_is_noticed(fault_server) -> No
             except EmbeddingError:
                 assert time.monotonic() - killed < 2 * RECOVERY_SECONDS, "the pipeline did not come back"
                 time.sleep(0.1)
-    # With two encoder instances the survivor answers at once: wait for the watchdog too.
+    # An encoder of several instances (--instances) answers from a survivor at once: wait for the watchdog too.
     while fault_server.watchdog.reloads[-2:] != [TEXT.tokenizer, TEXT.encoder]:
         assert time.monotonic() - killed < 2 * RECOVERY_SECONDS, fault_server.watchdog.reloads
         time.sleep(0.1)

@@ -108,7 +108,16 @@ def add_serving(parser: argparse.ArgumentParser, python_step: str) -> None:
         "--max-queue-size",
         type=int,
         metavar="N",
-        help="requests each step lets wait before rejecting more; 0: unbounded (default: 4 batches)",
+        help="requests a pipeline's first step (and, without --max-wait-ms, its encoder) lets wait before "
+        "rejecting more; 0: unbounded (default: 4 batches)",
+    )
+    parser.add_argument(
+        "--max-wait-ms",
+        type=int,
+        metavar="N",
+        help="python runtime: refuse at once, as overloaded (retryable), a request whose texts or images would "
+        "wait longer than this for the encoder, counting queued work in tokens and images; 0: no such bound "
+        f"(default: {DEFAULTS['python'].max_wait_ms})",
     )
     parser.add_argument(
         "--queue-timeout-ms",
@@ -174,6 +183,7 @@ def serving_options(args: argparse.Namespace, step_instances: int | None) -> Ser
         max_queue_delay_us=args.max_queue_delay_us,
         max_queue_size=args.max_queue_size,
         queue_timeout_ms=args.queue_timeout_ms,
+        max_wait_ms=args.max_wait_ms,
         intra_op_threads=args.intra_op_threads,
         max_batch_tokens=args.max_batch_tokens,
         intra_op_spinning=args.intra_op_spinning,

@@ -119,14 +119,24 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
             encoder = EncoderModel(encoder_name, [encoder_input], embedding, encoder_batching)
             runtimes.write_encoder(staging / encoder_name, encoder, options.serving)
         tokenizer = replace(clip.tokenizer, max_text_bytes=options.max_text_bytes)
-        write_tokenizer(staging / names.text_tokenizer, names.text_tokenizer, tokenizer, TEXT, [ids], python_batching)
+        serving = options.serving
+        text_admission, image_admission = serving.admission(names.text_encoder), serving.admission(names.image_encoder)
+        text_tokenizer = staging / names.text_tokenizer
+        write_tokenizer(text_tokenizer, names.text_tokenizer, tokenizer, TEXT, [ids], python_batching, text_admission)
         preprocess = replace(clip.preprocess, max_bytes=options.max_image_bytes, max_pixels=options.max_pixels)
         write_image_preprocess(
-            staging / names.image_preprocess, names.image_preprocess, preprocess, IMAGE, pixels, python_batching
+            staging / names.image_preprocess,
+            names.image_preprocess,
+            preprocess,
+            IMAGE,
+            pixels,
+            python_batching,
+            image_admission,
         )
         _write_ensembles(staging, names, clip, encoder_batching.max_batch_size, record, options.serving.cache())
         if classify:
-            _write_classify(staging, names, clip, options, python_batching, record)
+            # The classifier follows the image encoder, whose queue the entry steps bound.
+            _write_classify(staging, names, clip, options, python_batching.unbounded(), record)
     return ClipExport(record, options.labels, text_agreement, image_agreement, options.repository)
 
 

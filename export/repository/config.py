@@ -8,7 +8,7 @@ are checked by protobuf rather than by eye, and tests can parse any config back 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from google.protobuf import text_format
@@ -43,6 +43,11 @@ class Batching:
             raise InvalidArgumentError(f"instances must be at least 1, got {self.instances}")
         if min(self.max_queue_delay_us, self.max_queue_size, self.queue_timeout_us) < 0:
             raise InvalidArgumentError("queue delay, queue size and queue timeout must be >= 0")
+
+    def unbounded(self) -> Batching:
+        """The same batching without a queue policy: for steps whose queue is bounded by what
+        the steps ahead of them admit."""
+        return replace(self, max_queue_size=0, queue_timeout_us=0)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from export.errors import InvalidArgumentError
 from export.repository.config import Batching
+from export.steps.admission import AdmissionSettings
 
 
 @dataclass(frozen=True)
@@ -21,12 +22,17 @@ class ServingDefaults:
     max_queue_delay_us: int
     encoder_instances: int
     tokenizer_instances: int
-    # Overload: a step lets 4 batches of one-item requests wait and rejects more at once. The
-    # timeout is only a backstop for requests that carry many items (the size bound counts
-    # requests): one full batch of long texts takes seconds on a CPU, and a request waiting
-    # 30 s has usually been given up by its client (common client and proxy timeouts: 30-60 s).
+    # Queue policy, used without admission (GPU runtimes, --max-wait-ms 0; see batching()): a
+    # step lets 4 batches of one-item requests wait and rejects more at once. The timeout is
+    # only a backstop for requests that carry many items (the size bound counts requests): one
+    # full batch of long texts takes seconds on a CPU, and a request waiting 30 s has usually
+    # been given up by its client (common client and proxy timeouts: 30-60 s).
     queue_batches: int = 4  # max queue size, in batches of max_batch_size
     queue_timeout_ms: int = 30_000
+    # Admission by work (export/steps/admission.py): a request that would wait longer than this
+    # for the encoder is refused at once. Needs the encoder to measure its own cost, so only
+    # the python runtime has it; 0: off. Chosen by measurement (docs/reliability.md).
+    max_wait_ms: int = 0
     # python runtime: a merged batch runs in groups of similar length, each within this many
     # token positions (rows x longest row); see export/steps/onnx_encoder/padding.py.
     max_batch_tokens: int = 512
@@ -38,10 +44,12 @@ class ServingDefaults:
 
 _GPU = ServingDefaults(max_batch_size=128, max_queue_delay_us=500, encoder_instances=1, tokenizer_instances=2)
 DEFAULTS = {
-    # Two encoder instances: while one runs a batch the other collects the next, and Triton
-    # 2.51's batcher stalls less with the queue policy on. Each uses all cores: oversubscribed
-    # when both run, and still faster (docs/performance.md, "Two encoder instances").
-    "python": ServingDefaults(max_batch_size=64, max_queue_delay_us=0, encoder_instances=2, tokenizer_instances=1),
+    # One encoder instance using all cores, and admission by work with a 2 s budget: a second
+    # instance no longer raises fp32 throughput, and doubles the overload tail, as each takes
+    # its own batch (docs/reliability.md, "Overload"); int8 gains from a second (--instances 2).
+    "python": ServingDefaults(
+        max_batch_size=64, max_queue_delay_us=0, encoder_instances=1, tokenizer_instances=1, max_wait_ms=2000
+    ),
     "onnxruntime": _GPU,
     "tensorrt": _GPU,
 }
@@ -70,6 +78,7 @@ class ServingOptions:
     max_queue_delay_us: int | None = None
     max_queue_size: int | None = None
     queue_timeout_ms: int | None = None
+    max_wait_ms: int | None = None
     intra_op_threads: int = 0
     max_batch_tokens: int | None = None
     intra_op_spinning: bool | None = None
@@ -86,6 +95,10 @@ class ServingOptions:
             raise InvalidArgumentError("--tensorrt and --tensorrt-cache apply to --runtime onnxruntime")
         if (self.tensorrt_batch or self.tensorrt_sequence) and self.runtime != "tensorrt":
             raise InvalidArgumentError("--tensorrt-batch and --tensorrt-sequence apply to --runtime tensorrt")
+        if self.max_wait_ms and self.runtime != "python":
+            raise InvalidArgumentError("--max-wait-ms applies to --runtime python (its encoder measures its own cost)")
+        if self.max_wait_ms is not None and self.max_wait_ms < 0:
+            raise InvalidArgumentError(f"--max-wait-ms must be >= 0, got {self.max_wait_ms}")
         for name, triple in (("batch", self.tensorrt_batch), ("sequence", self.tensorrt_sequence)):
             if triple is not None and not 1 <= triple[0] <= triple[1] <= triple[2]:
                 raise InvalidArgumentError(f"--tensorrt-{name} needs 1 <= min <= opt <= max, got {triple}")
@@ -94,15 +107,38 @@ class ServingOptions:
         """Whether the ensembles use the server's response cache."""
         return DEFAULTS[self.runtime].response_cache if self.response_cache is None else self.response_cache
 
+    def admission_ms(self) -> int:
+        """The wait budget the entry steps admit requests by; 0: no admission."""
+        return DEFAULTS[self.runtime].max_wait_ms if self.max_wait_ms is None else self.max_wait_ms
+
+    def admission(self, encoder: str) -> AdmissionSettings | None:
+        """How a pipeline's first step admits the requests it sends to `encoder`."""
+        budget = self.admission_ms()
+        return AdmissionSettings(encoder, budget) if budget else None
+
     def batching(self) -> tuple[Batching, Batching]:
-        """(Python steps, encoders) batching, with the runtime's defaults filled in."""
+        """(Python steps, encoders) batching, with the runtime's defaults filled in.
+
+        With admission on (python runtime), no step has a Triton queue policy unless asked for:
+        admission bounds the wait in time, and in Triton 2.51 any policy turns off the
+        batcher's prefetching, which stalls a request for 500 ms now and then and, under a
+        flood that fills the queue, cuts a step's throughput several times over
+        (docs/performance.md, "The 500 ms stall"). A --max-queue-size or --queue-timeout-ms
+        given still bounds the entry steps (tokenizer, image preprocess); the encoders'
+        queues are what the entry steps admitted."""
         defaults = DEFAULTS[self.runtime]
         size = self.max_batch_size or defaults.max_batch_size
         delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
-        queue = defaults.queue_batches * size if self.max_queue_size is None else self.max_queue_size
-        timeout_ms = defaults.queue_timeout_ms if self.queue_timeout_ms is None else self.queue_timeout_ms
-        bounds = {"max_queue_size": queue, "queue_timeout_us": timeout_ms * 1000}
-        return (
-            Batching(size, delay, self.step_instances or defaults.tokenizer_instances, **bounds),
-            Batching(size, delay, self.instances or defaults.encoder_instances, **bounds),
-        )
+        steps = Batching(size, delay, self.step_instances or defaults.tokenizer_instances, **self._bounds(size))
+        encoders = Batching(size, delay, self.instances or defaults.encoder_instances, **self._bounds(size))
+        return steps, encoders.unbounded() if self.admission_ms() else encoders
+
+    def _bounds(self, size: int) -> dict[str, int]:
+        """Queue size and timeout: as given, else the runtime's defaults, else (with admission) none."""
+        defaults = DEFAULTS[self.runtime]
+        admitted = bool(self.admission_ms())
+        queue = 0 if admitted else defaults.queue_batches * size
+        timeout_ms = 0 if admitted else defaults.queue_timeout_ms
+        queue = queue if self.max_queue_size is None else self.max_queue_size
+        timeout_ms = timeout_ms if self.queue_timeout_ms is None else self.queue_timeout_ms
+        return {"max_queue_size": queue, "queue_timeout_us": timeout_ms * 1000}

@@ -47,6 +47,7 @@ def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptio
         "padding_side": encoder.padding_side,
         "intra_op_threads": _intra_op_threads(encoder, serving),
         "intra_op_spinning": "1" if _python_default(serving, "intra_op_spinning") else "0",
+        "admission": "1" if serving.admission_ms() else "0",  # measure each batch's cost per unit
     }
     ragged = encoder.sequence is not None
     if ragged and ATTENTION_MASK.name in {spec.name for spec in encoder.inputs}:

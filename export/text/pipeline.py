@@ -102,6 +102,7 @@ def export_text(options: TextExportOptions) -> TextExport:
             TEXT,
             text_model.inputs,
             tokenizer_batching,
+            options.serving.admission(names.encoder),
         )
         write_text_ensemble(staging / names.ensemble, names, text_model, options.serving, record)
     return TextExport(record, text_model.tokenizer.max_length, agreement, options.repository)
