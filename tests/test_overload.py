@@ -1,68 +1,93 @@
-"""Overload: at about 10x what the pipeline sustains, bounded queues reject what they cannot
-serve in time, with a clear error, and everything accepted is still right.
+"""Overload in time: past what the pipeline sustains, a request is served within its wait
+budget or refused at once as overloaded, with a retryable error, and nothing served is wrong.
 
-The default bounds (export/runtimes/options.py): each step lets at most 4 batches of requests wait
-and rejects more at once; a request that waited 30 s would be rejected too, but one-text
-requests never wait that long. Stated bound for an accepted request: a full encoder queue
-plus the batch running ahead of it, at the capacity measured with full batches, times 1.5
-for this shared machine's drift between that measurement and the overload (seen: 13 to 19
-passages/s from run to run), plus 2 s for the tokenizer step and the client (which shares
-the 2 cores). Rejections are stated to come within 1 s.
+The default (export/runtimes/options.py): the entry step admits each request by its work
+(tokens, images) against what the encoder has queued, and refuses it if it would wait
+longer than 2 s (export/steps/admission.py). Stated bounds, for the default pipeline, with
+every refusal "server overloaded" with gRPC UNAVAILABLE (HTTP 503), nothing served wrong,
+the server ready throughout:
+- 10x its capacity with 8 long passages per request (about 50 requests/s: the client keeps
+  up): served p99 within the budget times 1.25 (this shared 2-core machine drifts; the
+  benchmark's figures, within the budget, are in docs/reliability.md), refusals p50 within
+  100 ms and all within 1 s;
+- 2x with one short query per request (about 1,100 requests/s): the Python client sending
+  them takes a core from the server and queues on its own side, adding up to a second seen
+  from here (served p99 1.7-2.8 s while the encoder's queue plus run averaged 1.2 s in the
+  server's statistics). Served p99 within the budget times 1.5, refusals p50 within 250 ms
+  and all within 2 s.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import threading
 import time
+import urllib.error
+import urllib.request
 
 import numpy as np
-from tritonclient.grpc import model_config_pb2
+import pytest
 
 from export.runtimes import DEFAULTS
 from export.tools import payloads
 from tests.conftest import IMPATIENT, IMPATIENT_TIMEOUT_MS
 from tests.helpers import embed_grpc
 from triton_embeddings.client import AsyncEmbeddingClient, EmbeddingError, Retry
-from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TextPipelineNames
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TEXT, TextPipelineNames
 
 MODEL = DEFAULT_TEXT_PIPELINE
-SECONDS = 6
-REJECTIONS = ("Request timeout expired", "Exceeds maximum queue size")
+BUDGET_S = DEFAULTS["python"].max_wait_ms / 1000
+SECONDS = 8
+OVERLOADED = "server overloaded"
 # What the server does is measured here, so the client must not send refused requests again
 # (by default it would, within its budget: triton_embeddings.Retry).
 NO_RETRY = Retry(attempts=1)
 
 
-async def capacity(client: AsyncEmbeddingClient, texts: list[str], seconds: float = 3, concurrency: int = 16) -> float:
-    """Requests per second the pipeline sustains, closed loop."""
+def requests_of(kind: str) -> list[list[str]]:
+    """short: one query per request; long: 8 passages past max_length (the most work 8 texts carry)."""
+    if kind == "short":
+        return [[text] for text in payloads.short_texts(64, seed=11)]
+    passages = [text for text in payloads.texts(600, seed=12) if len(text.split()) > 300]
+    return [passages[i : i + 8] for i in range(0, 64, 8)]
+
+
+async def capacity(client: AsyncEmbeddingClient, requests: list[list[str]], seconds: float = 4) -> float:
+    """Requests served per second by 32 clients in a closed loop."""
     done, stop = 0, time.monotonic() + seconds
 
     async def worker(offset: int) -> None:
         nonlocal done
         index = offset
         while time.monotonic() < stop:
-            await client.embed_text(MODEL, [texts[index % len(texts)]])
-            done, index = done + 1, index + concurrency
+            try:
+                await client.embed_text(MODEL, requests[index % len(requests)])
+                done += 1
+            except EmbeddingError as error:
+                assert OVERLOADED in error.message, error.message
+                await asyncio.sleep(0.05)
+            index += 32
 
     began = time.monotonic()
-    await asyncio.gather(*(worker(k) for k in range(concurrency)))
+    await asyncio.gather(*(worker(k) for k in range(32)))
     return done / (time.monotonic() - began)
 
 
-async def open_loop(client: AsyncEmbeddingClient, texts: list[str], rate: float, seconds: float) -> list:
+async def open_loop(client: AsyncEmbeddingClient, requests: list[list[str]], rate: float) -> list:
     """Send at `rate` requests/s whatever happens to earlier ones; (index, result, latency)."""
     results = []
 
     async def one(index: int) -> None:
         began = time.monotonic()
         try:
-            result = (await client.embed_text(MODEL, [texts[index % len(texts)]]))[0]
+            result = await client.embed_text(MODEL, requests[index % len(requests)])
         except EmbeddingError as error:
             result = error
         results.append((index, result, time.monotonic() - began))
 
     tasks, start, index = [], time.monotonic(), 0
-    while time.monotonic() - start < seconds:
+    while time.monotonic() - start < SECONDS:
         delay = start + index / rate - time.monotonic()
         if delay > 0:
             await asyncio.sleep(delay)
@@ -72,51 +97,121 @@ async def open_loop(client: AsyncEmbeddingClient, texts: list[str], rate: float,
     return results
 
 
-def test_ten_times_capacity_is_rejected_fast_and_clearly(server, grpc_client) -> None:
-    # Passages past max_length: the slowest requests, so 10x stays within what the client can send.
-    texts = [text for text in payloads.texts(400, seed=5) if len(text.split()) > 250][:20]
-    expected = np.concatenate([embed_grpc(grpc_client, MODEL, [text]) for text in texts])
+class Watcher(threading.Thread):
+    """Beside the flood, every 200 ms: is the server ready, and what does one HTTP request get?"""
+
+    def __init__(self, http_url: str, texts: list[str]) -> None:
+        super().__init__(daemon=True)
+        self.base, self.stopping = f"http://{http_url}", threading.Event()
+        inputs = [{"name": TEXT.name, "shape": [len(texts), 1], "datatype": TEXT.datatype, "data": texts}]
+        self.body = json.dumps({"inputs": inputs}).encode()
+        self.not_ready = 0
+        self.http: list[tuple[int, str]] = []  # (status, error message)
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.2):
+            try:
+                with urllib.request.urlopen(f"{self.base}/v2/health/ready", timeout=5) as response:
+                    self.not_ready += response.status != 200
+            except OSError:
+                self.not_ready += 1
+            request = urllib.request.Request(f"{self.base}/v2/models/{MODEL}/infer", data=self.body)
+            try:
+                with urllib.request.urlopen(request, timeout=30) as response:
+                    self.http.append((response.status, ""))
+            except urllib.error.HTTPError as error:
+                self.http.append((error.code, json.load(error).get("error", "")))
+
+
+@pytest.mark.parametrize(
+    ("kind", "multiple", "served_factor", "refusal_p50_s", "refusal_max_s"),
+    [("long", 10, 1.25, 0.1, 1.0), ("short", 2, 1.5, 0.25, 2.0)],  # bounds: see the module's docstring
+)
+def test_overload_is_served_within_the_budget_or_refused_at_once(
+    server, grpc_client, kind: str, multiple: int, served_factor: float, refusal_p50_s: float, refusal_max_s: float
+) -> None:
+    requests = requests_of(kind)
+    expected = [embed_grpc(grpc_client, MODEL, texts) for texts in requests]  # alone, before the load
+    watcher = Watcher(server.options.http_url, requests[0])
 
     async def run():
         async with AsyncEmbeddingClient(server.options.grpc_url, timeout=120, retry=NO_RETRY) as client:
-            sustained = await capacity(client, texts, concurrency=DEFAULTS["python"].max_batch_size)
-            return sustained, await open_loop(client, texts, 10 * sustained, SECONDS)
+            sustained = await capacity(client, requests)
+            watcher.start()
+            try:
+                return sustained, await open_loop(client, requests, multiple * sustained)
+            finally:
+                watcher.stopping.set()
+                watcher.join()
 
     sustained, results = asyncio.run(run())
-    accepted = [(i, r, t) for i, r, t in results if not isinstance(r, EmbeddingError)]
-    rejected = [(i, r, t) for i, r, t in results if isinstance(r, EmbeddingError)]
-    assert len(results) >= 8 * sustained * SECONDS  # the client did offer about 10x
-    assert accepted and rejected
+    served = [(i, r, t) for i, r, t in results if not isinstance(r, EmbeddingError)]
+    refused = [(i, r, t) for i, r, t in results if isinstance(r, EmbeddingError)]
+    assert len(results) >= 0.8 * multiple * sustained * SECONDS  # the client did offer about that much
+    assert served and refused
 
-    for index, embedding, _ in accepted:  # never a wrong embedding
-        np.testing.assert_allclose(embedding, expected[index % len(texts)], atol=1e-5, rtol=0)
-    for _, error, _ in rejected:
-        assert any(reason in error.message for reason in REJECTIONS), error.message
+    for index, embeddings, _ in served:  # never a wrong embedding
+        np.testing.assert_allclose(embeddings, expected[index % len(requests)], atol=1e-5, rtol=0)
+    for _, error, _ in refused:
+        assert OVERLOADED in error.message and "retry later" in error.message, error.message
+        assert error.status == "StatusCode.UNAVAILABLE", error.status
 
-    defaults = DEFAULTS["python"]
-    bound = 1.5 * (defaults.queue_batches + 1) * defaults.max_batch_size / sustained + 2.0
-    latencies = sorted(t for _, _, t in accepted)
+    latencies = sorted(t for _, _, t in served)
     p99 = latencies[int(0.99 * (len(latencies) - 1))]
-    refusals = sorted(t for _, _, t in rejected)
+    refusals = sorted(t for _, _, t in refused)
     print(
-        f"capacity {sustained:.1f}/s, offered {len(results)}, accepted {len(accepted)}, p99 {p99:.2f} s "
-        f"(bound {bound:.2f} s), rejections p50 {refusals[len(refusals) // 2]:.3f} s, max {refusals[-1]:.3f} s"
+        f"{kind}: capacity {sustained:.1f}/s, offered {len(results)} at {multiple}x, served {len(served)}, "
+        f"p99 {p99:.2f} s (budget {BUDGET_S:.1f} s), refusals p50 {1000 * refusals[len(refusals) // 2]:.0f} ms, "
+        f"max {1000 * refusals[-1]:.0f} ms, HTTP {sorted({status for status, _ in watcher.http})}"
     )
-    assert p99 <= bound
-    assert refusals[len(refusals) // 2] <= 1.0
+    assert p99 <= served_factor * BUDGET_S
+    assert refusals[len(refusals) // 2] <= refusal_p50_s and refusals[-1] <= refusal_max_s
+    assert watcher.not_ready == 0 and watcher.http
+    for status, message in watcher.http:  # over HTTP: served, or 503 saying why
+        assert status == 200 or (status == 503 and OVERLOADED in message), (status, message)
 
     began = time.monotonic()  # and afterwards it serves as before
-    np.testing.assert_allclose(embed_grpc(grpc_client, MODEL, [texts[0]])[0], expected[0], atol=1e-5, rtol=0)
+    np.testing.assert_allclose(embed_grpc(grpc_client, MODEL, requests[0]), expected[0], atol=1e-5, rtol=0)
     assert time.monotonic() - began < 2.0
 
 
-def test_a_request_that_waits_past_the_queue_timeout_is_rejected(server, grpc_client) -> None:
-    """Requests of many items can queue for long before the size bound bites: the timeout
-    rejects them. A pipeline exported with a 50 ms timeout, and a burst of 64-text requests."""
-    config = grpc_client.get_model_config(TextPipelineNames(IMPATIENT).encoder).config
+def test_a_short_query_batched_with_long_passages_leaves_first(server, grpc_client) -> None:
+    """The encoder answers each request when its own rows are done, shortest first: a query
+    merged into one batch with long passages does not wait for them."""
+    encoder = TextPipelineNames(MODEL).encoder
+    passages = [text for text in payloads.texts(600, seed=13) if len(text.split()) > 300]
+    query = payloads.short_texts(1, seed=3)
+    expected = embed_grpc(grpc_client, MODEL, query)
+
+    def executions() -> int:
+        return grpc_client.get_inference_statistics(encoder).model_stats[0].execution_count
+
+    async def run() -> tuple[float, float, int]:
+        async with AsyncEmbeddingClient(server.options.grpc_url, timeout=120, retry=NO_RETRY) as client:
+
+            async def timed(texts: list[str]) -> tuple[np.ndarray, float]:
+                embeddings = await client.embed_text(MODEL, texts)
+                return embeddings, time.monotonic()
+
+            before = executions()
+            blocker = asyncio.create_task(timed(passages[:8]))  # keeps the encoder busy...
+            await asyncio.sleep(0.1)  # ...while the two below queue behind it, to be merged
+            long, short = await asyncio.gather(timed(passages[8:12]), timed(query))
+            await blocker
+            np.testing.assert_allclose(short[0], expected, atol=1e-5, rtol=0)
+            return short[1], long[1], executions() - before
+
+    short_done, long_done, runs = asyncio.run(run())
+    assert runs <= 2, f"{runs} encoder executions: the query was not merged with passages"
+    assert short_done < long_done - 0.05, f"the query left {long_done - short_done:.3f} s before the passages"
+
+
+def test_a_request_that_waits_past_an_asked_for_queue_timeout_is_rejected(server, grpc_client) -> None:
+    """--queue-timeout-ms still bounds a pipeline's first step, in Triton's own terms. A
+    pipeline exported with a 50 ms timeout, and a burst of 64-text requests."""
+    config = grpc_client.get_model_config(TextPipelineNames(IMPATIENT).tokenizer).config
     policy = config.dynamic_batching.default_queue_policy
     assert policy.default_timeout_microseconds == IMPATIENT_TIMEOUT_MS * 1000
-    assert policy.timeout_action == model_config_pb2.ModelQueuePolicy.REJECT
 
     batches = [payloads.texts(64, seed=seed) for seed in range(48)]
     expected = [embed_grpc(grpc_client, IMPATIENT, texts) for texts in batches]  # one at a time: no waiting
@@ -135,9 +230,10 @@ def test_a_request_that_waits_past_the_queue_timeout_is_rejected(server, grpc_cl
     outcomes = asyncio.run(burst())
     rejected = [outcome for outcome in outcomes if isinstance(outcome, EmbeddingError)]
     assert rejected and len(rejected) < len(outcomes)
+    assert any("Request timeout expired" in outcome.message for outcome in rejected)
     for outcome, want in zip(outcomes, expected, strict=True):
-        if isinstance(outcome, EmbeddingError):
-            assert "Request timeout expired" in outcome.message, outcome.message
+        if isinstance(outcome, EmbeddingError):  # past the timeout, or refused by admission
+            assert "Request timeout expired" in outcome.message or OVERLOADED in outcome.message, outcome.message
         else:
             np.testing.assert_allclose(outcome, want, atol=1e-5, rtol=0)
     np.testing.assert_allclose(embed_grpc(grpc_client, IMPATIENT, batches[0]), expected[0], atol=1e-5, rtol=0)
