@@ -37,23 +37,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 UNITS_PER_ROW = 16  # a row's fixed cost in token equivalents (pooling, copies, per-row kernels)
-SMOOTHING = 0.3  # weight of the newest batch in the measured cost per unit, when it is the faster
+SMOOTHING = 0.3  # how far a faster batch moves the measured cost per unit (a slower one: all the way)
 SLOTS = 32  # encoder instances tracked for concurrency (instance index modulo this)
 STALE_S = 120.0  # a slot busy this long belongs to a stub that died mid-batch
 IDLE_S = 1.0  # no batch running or ended for this long: nothing is queued, whatever the counts say
-# Smaller batches (a few short queries) do not update a measured cost: Triton's and Python's
-# fixed cost per batch, spread over few units, would make every unit look several times
-# dearer than under load, when admission matters.
+# Smaller batches (a few short queries) are not measured: Triton's and Python's fixed cost
+# per batch, spread over few units, would make every unit look several times dearer than
+# under load, when admission matters (until a batch this large has run, nothing is refused).
 MIN_SAMPLE_UNITS = 512
 BACK_TO_BACK_S = 0.05  # a batch starting this soon after the previous one was waiting for it
 # The encoder's share of a request's wait budget; the rest is for the entry step's queue and
-# run, the transfers and the estimate's error. Measured with 8 long passages per request at
-# 50x of capacity, 2 s budget: served p99 2.3 s with all of it, 1.6-1.7 s with 0.7.
-ENCODER_SHARE = 0.7
+# run, the transfers and the estimate's lag when a flood slows the encoder down. Measured with
+# 8 long passages per request at 50x of capacity, 2 s budget: served p99 2.0-2.3 s with 0.8,
+# 1.6-2.1 s with 0.7, 1.75-1.9 s with 0.6 (docs/reliability.md, "Overload in time").
+ENCODER_SHARE = 0.6
 _HEADER = struct.Struct("<5d")  # _State's fields, then the layout's version
 _SLOT = struct.Struct("<d")
 _SIZE = _HEADER.size + SLOTS * _SLOT.size
-_VERSION = 2.0
+_VERSION = 4.0
 PREFIX = "triton-embeddings-admission-"
 
 
@@ -119,6 +120,7 @@ class Backlog:
                 os.ftruncate(self._fd, _SIZE)  # zeros: nothing accepted, cost not measured yet
         self._map = mmap.mmap(self._fd, _SIZE)
         self._last_end = 0.0  # when this process's previous batch ended
+        self._warm = False  # a stub's first batch is not a measurement: onnxruntime warms up in it
 
     def close(self) -> None:
         self._map.close()
@@ -188,7 +190,8 @@ class Backlog:
         """Time one batch of `units` on encoder instance `instance`; the block reports the
         units it has finished, part by part, with the callable it is given, and whatever it
         did not report (a failed batch) leaves the count when it ends. A batch that ends
-        normally puts its time per unit into the shared estimate: its time runs from the end
+        normally, of MIN_SAMPLE_UNITS or more, and not this process's first, puts its time per
+        unit into the shared estimate: its time runs from the end
         of this instance's previous batch when the two are back to back (what a batch costs
         includes Triton's hand-over between them), divided by the instances running beside it."""
         reported = 0.0
@@ -219,12 +222,9 @@ class Backlog:
                 state = self._state()
                 state.last_end = ended
                 state.completed += max(0.0, units - reported)
-                old = state.per_unit
-                if units > 0 and not failed and (units >= MIN_SAMPLE_UNITS or old <= 0):
-                    sample = (ended - since) / running / units
-                    # A slower batch is believed at once (a flood takes CPU from the encoder and
-                    # the queue ahead costs more); a faster one gradually.
-                    state.per_unit = sample if old <= 0 else max(sample, old + SMOOTHING * (sample - old))
+                if self._warm and not failed and units >= MIN_SAMPLE_UNITS:
+                    state.add_sample((ended - since) / running / units)
+                self._warm = True
                 self._store(state)
 
     @staticmethod
@@ -246,6 +246,16 @@ class _State:
     @property
     def queued(self) -> float:
         return self.admitted - self.completed
+
+    def add_sample(self, seconds_per_unit: float) -> None:
+        """A slower batch is believed at once: a flood takes CPU from the encoder, and the
+        queue ahead then costs more (a median of the last three, tried instead, let served
+        p99 reach 2.2-2.4 s at 50x of long passages). A faster one moves the estimate
+        gradually. Outliers are rare in batches that are measured at all (see batch())."""
+        old = self.per_unit
+        self.per_unit = (
+            seconds_per_unit if old <= 0 else max(seconds_per_unit, old + SMOOTHING * (seconds_per_unit - old))
+        )
 
 
 def _refuse_past(queued: float, units: float, max_wait_s: float, per_unit: float) -> None:
