@@ -17,6 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
+from export.steps.writers import SHARED_MODULES
 from tests.helpers import embed_grpc
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,8 +89,9 @@ def test_the_image_installs_what_the_python_models_import() -> None:
     # `export`: a helper imports its sibling from the package, falling back to the bare name in a repository.
     provided = {"triton_python_backend_utils", "__future__", "export"} | set(sys.stdlib_module_names)
     helpers = {path.stem for path in (ROOT / "export/steps").glob("*/*.py")}
+    helpers |= {path.stem for path in SHARED_MODULES}  # copied beside every step's model.py
     imported = set()
-    for path in (ROOT / "export/steps").glob("*/*.py"):
+    for path in [*(ROOT / "export/steps").glob("*/*.py"), *SHARED_MODULES]:
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 imported |= {alias.name.split(".")[0] for alias in node.names}
