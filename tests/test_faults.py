@@ -56,6 +56,7 @@ CLEAR_ERRORS = (  # what the errors during a fault say, all of which tell the cl
     "unknown model",
     "Request timeout expired",
     "Exceeds maximum queue size",
+    "server overloaded",  # admission, while work the dead stub held is still counted
 )
 CRASH_ERRORS = ("Socket closed", "failed to connect", "Connection refused", "UNAVAILABLE", "unavailable")
 
