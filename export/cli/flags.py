@@ -108,8 +108,8 @@ def add_serving(parser: argparse.ArgumentParser, python_step: str) -> None:
         "--max-queue-size",
         type=int,
         metavar="N",
-        help="requests a pipeline's first step (and, without --max-wait-ms, its encoder) lets wait before "
-        "rejecting more; 0: unbounded (default: 4 batches)",
+        help="requests a step lets wait before rejecting more, on the pipeline's first step only while "
+        "--max-wait-ms bounds the wait; 0: unbounded (default: none with --max-wait-ms, else 4 batches)",
     )
     parser.add_argument(
         "--max-wait-ms",
@@ -123,8 +123,9 @@ def add_serving(parser: argparse.ArgumentParser, python_step: str) -> None:
         "--queue-timeout-ms",
         type=int,
         metavar="N",
-        help=f"reject a request that waited this long in a step's queue; 0: never "
-        f"(default: {_defaults('queue_timeout_ms')})",
+        help="reject a request that waited this long in a step's queue, on the pipeline's first step only "
+        f"while --max-wait-ms bounds the wait; 0: never (default: none with --max-wait-ms, else "
+        f"{_defaults('queue_timeout_ms')})",
     )
     parser.add_argument(
         "--intra-op-threads",
