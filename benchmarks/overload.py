@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import threading
 import time
 import urllib.request
@@ -178,11 +179,20 @@ async def measure(server, model: str, kind: str, multiples: list[float], seconds
     return loads
 
 
-def run(repository: Path, model: str, kinds: list[str], multiples: list[float], seconds: float) -> list[Load]:
-    loads = []
+def run(
+    repository: Path, model: str, kinds: list[str], multiples: list[float], seconds: float, pin: bool = False
+) -> list[Load]:
+    """`pin`: the server (with its stubs) on CPU 0 and this load generator on the others, so
+    that the generator cannot take the server's CPU (capacity is then one core's)."""
+    loads, cpus = [], sorted(os.sched_getaffinity(0))
     for kind in kinds:
+        if pin:
+            os.sched_setaffinity(0, cpus[:1])  # the server started next inherits it
         with triton(repository, Path(f"/tmp/overload-{kind}.log")) as server:
+            if pin:
+                os.sched_setaffinity(0, cpus[1:])
             loads += asyncio.run(measure(server, model, kind, multiples, seconds))
+        os.sched_setaffinity(0, cpus)
     return loads
 
 
@@ -211,8 +221,9 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", choices=["short", "long"], default=["short", "long"])
     parser.add_argument("--multiples", type=float, nargs="+", default=[2, 10, 50])
     parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--pin", action="store_true", help="the server on CPU 0, the load generator on the rest")
     args = parser.parse_args()
-    loads = run(args.repository, args.model, args.kinds, args.multiples, args.seconds)
+    loads = run(args.repository, args.model, args.kinds, args.multiples, args.seconds, args.pin)
     print(HEADER)
     for load in loads:
         print(row(load))
