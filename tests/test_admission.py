@@ -156,3 +156,17 @@ def test_settings_travel_as_config_parameters() -> None:
     assert AdmissionSettings.from_parameters({**settings.parameters(), "max_wait_ms": "0"}) is None
     assert AdmissionSettings.from_parameters({}) is None
     assert work_units(rows=2, tokens=30) == 2 * admission.UNITS_PER_ROW + 30
+
+
+def test_an_entry_step_gets_a_refusal_to_send_or_none(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(admission, "state_folder", lambda: tmp_path)
+    gate = admission.Admission(AdmissionSettings("enc", int(BUDGET_S * 1000)))
+    encoder = Backlog("enc", server=os.getppid(), folder=tmp_path)  # the stub's server: its parent
+    with encoder.batch(0, 1):  # the first batch is not measured
+        pass
+    measured(encoder, 0.001)
+    assert gate.refusal(100) is None and gate.refusal() is None
+    assert encoder.queued() == 100  # admitted and counted; the check counts nothing
+    assert "server overloaded" in gate.refusal(int(ENCODER_SHARE * BUDGET_S / encoder.seconds_per_unit()))
+    gate.close()
+    encoder.close()

@@ -129,8 +129,9 @@ class ServingOptions:
         defaults = DEFAULTS[self.runtime]
         size = self.max_batch_size or defaults.max_batch_size
         delay = defaults.max_queue_delay_us if self.max_queue_delay_us is None else self.max_queue_delay_us
-        steps = Batching(size, delay, self.step_instances or defaults.tokenizer_instances, **self._bounds(size))
-        encoders = Batching(size, delay, self.instances or defaults.encoder_instances, **self._bounds(size))
+        bounds = self._bounds(size)
+        steps = Batching(size, delay, self.step_instances or defaults.tokenizer_instances, **bounds)
+        encoders = Batching(size, delay, self.instances or defaults.encoder_instances, **bounds)
         return steps, encoders.unbounded() if self.admission_ms() else encoders
 
     def _bounds(self, size: int) -> dict[str, int]:

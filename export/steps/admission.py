@@ -80,6 +80,34 @@ class Overloaded(Exception):
     """The work ahead would make this request wait past the budget; says by how much."""
 
 
+class Admission:
+    """An entry step's side: its settings and the backlog of the encoder it feeds."""
+
+    def __init__(self, settings: AdmissionSettings) -> None:
+        self.settings, self.backlog = settings, Backlog(settings.encoder)
+
+    @classmethod
+    def from_parameters(cls, params: dict[str, str]) -> Admission | None:
+        settings = AdmissionSettings.from_parameters(params)
+        return cls(settings) if settings else None
+
+    def refusal(self, units: float | None = None) -> str | None:
+        """None if a request of `units` is admitted (and counted), else why it is refused.
+        `units` None: only whether the work ahead alone is past the budget, counting nothing."""
+        budget = self.settings.max_wait_ms / 1000
+        try:
+            if units is None:
+                self.backlog.check(budget)
+            else:
+                self.backlog.admit(units, budget)
+        except Overloaded as error:
+            return str(error)
+        return None
+
+    def close(self) -> None:
+        self.backlog.close()
+
+
 def state_folder() -> Path:
     shm = Path("/dev/shm")
     return shm if shm.is_dir() and os.access(shm, os.W_OK) else Path(tempfile.gettempdir())
@@ -191,9 +219,9 @@ class Backlog:
         units it has finished, part by part, with the callable it is given, and whatever it
         did not report (a failed batch) leaves the count when it ends. A batch that ends
         normally, of MIN_SAMPLE_UNITS or more, and not this process's first, puts its time per
-        unit into the shared estimate: its time runs from the end
-        of this instance's previous batch when the two are back to back (what a batch costs
-        includes Triton's hand-over between them), divided by the instances running beside it."""
+        unit into the shared estimate: its time runs from the end of this instance's previous
+        batch when the two are back to back (what a batch costs includes Triton's hand-over
+        between them), divided by the instances running beside it."""
         reported = 0.0
 
         def finished(done: float) -> None:
@@ -275,6 +303,7 @@ def instance_index(instance_name: str) -> int:
     return int(tail) if tail.isdigit() else 0
 
 
-def work_units(rows: int, tokens: int) -> float:
-    """What `rows` inputs cost the encoder, `tokens` being the positions it computes (0 for images)."""
+def work_units(rows: int, tokens):
+    """What `rows` inputs cost the encoder, `tokens` being the positions it computes (0 for
+    images). Elementwise for an array of tokens, a row each (the encoder's per-row units)."""
     return rows * UNITS_PER_ROW + tokens

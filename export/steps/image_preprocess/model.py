@@ -14,7 +14,7 @@ import json
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from admission import AdmissionSettings, Backlog, Overloaded, work_units
+from admission import Admission, work_units
 from image_processing import ImageError, PreprocessSettings, preprocess
 
 
@@ -25,24 +25,20 @@ class TritonPythonModel:
         self.settings = PreprocessSettings.from_json(params["preprocess"])
         self.input_name = config["input"][0]["name"]
         self.output_name = config["output"][0]["name"]
-        self.admission = AdmissionSettings.from_parameters(params)
-        self.backlog = Backlog(self.admission.encoder) if self.admission else None
+        self.admission = Admission.from_parameters(params)
 
     def finalize(self) -> None:
-        if self.backlog is not None:
-            self.backlog.close()
+        if self.admission is not None:
+            self.admission.close()
 
     def execute(self, requests: list) -> list:
         return [self._one(request) for request in requests]
 
     def _one(self, request):
         images = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy().reshape(-1)
-        if self.backlog is not None:
-            try:
-                self.backlog.admit(work_units(len(images), 0), self.admission.max_wait_ms / 1000)
-            except Overloaded as error:
-                refused = pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
-                return pb_utils.InferenceResponse(error=refused)
+        refusal = self.admission.refusal(work_units(len(images), 0)) if self.admission else None
+        if refusal is not None:
+            return pb_utils.InferenceResponse(error=pb_utils.TritonError(refusal, pb_utils.TritonError.UNAVAILABLE))
         pixels = []
         for index, image in enumerate(images):
             try:

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
-from admission import UNITS_PER_ROW, Backlog, instance_index
+from admission import Backlog, instance_index, work_units
 from padding import extents, length_groups, pad_concat, trim
 
 
@@ -98,11 +98,12 @@ class TritonPythonModel:
         rows_left = sizes.copy()
         answered = np.zeros(len(accepted), dtype=bool)
         batch = {name: pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
-        units = self._units(batch)
+        lengths = extents(batch[self.length_input], self.left) if self.length_input else None
+        units = self._units(batch, lengths)
         out = None
         try:
             with self._timed(units) as finished:
-                for rows, part in self._parts(batch):
+                for rows, part in self._parts(batch, lengths):
                     finished(units[rows].sum())
                     out = np.empty((len(owner), *part.shape[1:]), part.dtype) if out is None else out
                     out[rows] = part
@@ -123,28 +124,27 @@ class TritonPythonModel:
     def _send(self, request, embeddings: np.ndarray) -> None:
         _answer(request, pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, embeddings)]))
 
-    def _units(self, batch: dict[str, np.ndarray]) -> np.ndarray:
+    def _units(self, batch: dict[str, np.ndarray], lengths: np.ndarray | None) -> np.ndarray:
         """Each row's work in admission units (admission.py): its tokens, or none for images."""
         first = batch[self.input_names[0]]
-        if self.length_input:
-            tokens = extents(batch[self.length_input], self.left)
-        else:  # token ids at a fixed length; images: no tokens
-            tokens = np.full(len(first), first.shape[1] if first.ndim == 2 else 0)
-        return UNITS_PER_ROW + tokens
+        if lengths is None:  # token ids at a fixed length; images: no tokens
+            lengths = np.full(len(first), first.shape[1] if first.ndim == 2 else 0)
+        return work_units(1, lengths)
 
     def _timed(self, units: np.ndarray):
         if self.backlog is None:
             return contextlib.nullcontext(lambda done: None)
         return self.backlog.batch(self.instance, float(units.sum()))
 
-    def _parts(self, batch: dict[str, np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def _parts(
+        self, batch: dict[str, np.ndarray], lengths: np.ndarray | None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(rows, their embeddings): one session run, or one per length group for token
-        inputs, shortest first."""
+        inputs (`lengths`: each row's extent), shortest first."""
         every = np.arange(len(batch[self.input_names[0]]))
-        if not self.length_input:
+        if lengths is None:
             yield every, self.session.run([self.output_name], batch)[0]
             return
-        lengths = extents(batch[self.length_input], self.left)
         groups = length_groups(lengths, self.max_batch_tokens)
         if len(groups) == 1 and lengths.max() == batch[self.length_input].shape[1]:
             yield every, self.session.run([self.output_name], batch)[0]

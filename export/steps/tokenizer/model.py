@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
-from admission import AdmissionSettings, Backlog, Overloaded, work_units
+from admission import Admission, work_units
 from tokenization import CLEANERS, load_tokenizer, token_arrays
 
 
@@ -57,28 +57,23 @@ class TritonPythonModel:
             pad_token=params["pad_token"],
             pad_to_length=self.pad_to_length,
         )
-        self.admission = AdmissionSettings.from_parameters(params)
-        self.backlog = Backlog(self.admission.encoder) if self.admission else None
+        self.admission = Admission.from_parameters(params)
 
     def finalize(self) -> None:
-        if self.backlog is not None:
-            self.backlog.close()
+        if self.admission is not None:
+            self.admission.close()
 
     def _refused(self, encodings: list | None = None) -> pb_utils.TritonError | None:
         """None, or the error refusing a request as more than the wait budget allows: before
         tokenizing (`encodings` None) on the work queued ahead alone, after on its own tokens too."""
-        if self.backlog is None:
+        if self.admission is None:
             return None
-        budget = self.admission.max_wait_ms / 1000
-        try:
-            if encodings is None:
-                self.backlog.check(budget)
-            else:
-                tokens = sum(len(e.attention_mask) if self.pad_to_length else sum(e.attention_mask) for e in encodings)
-                self.backlog.admit(work_units(len(encodings), tokens), budget)
-        except Overloaded as error:
-            return pb_utils.TritonError(str(error), pb_utils.TritonError.UNAVAILABLE)
-        return None
+        units = None
+        if encodings is not None:
+            tokens = sum(len(e.attention_mask) if self.pad_to_length else sum(e.attention_mask) for e in encodings)
+            units = work_units(len(encodings), tokens)
+        refusal = self.admission.refusal(units)
+        return None if refusal is None else pb_utils.TritonError(refusal, pb_utils.TritonError.UNAVAILABLE)
 
     def execute(self, requests: list) -> list:
         texts, errors = [], []
