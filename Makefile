@@ -31,7 +31,7 @@ MILVUS_VENV := .tools/milvus
 serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt $(REPOSITORY)/$(COLLECTION)_index/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
-test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA) $(MILVUS_VENV)/bin/milvus-server
+test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA) $(MILVUS_VENV)/bin/milvus-server nginx
 	$(PY) -m ruff check export triton_embeddings tests benchmarks locustfiles
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -61,6 +61,13 @@ $(PERF_ANALYZER): | $(VENV)/bin/python
 		$(@D)/wheel/tritonclient-2.50.0-*.whl tritonclient-2.50.0.data/data/bin/perf_analyzer $(@D)/wheel
 	mv $(@D)/wheel/tritonclient-2.50.0.data/data/bin/perf_analyzer $@ && chmod +x $@ && rm -rf $(@D)/wheel
 	$(PY) -m pip install --quiet --target $(@D)/cuda nvidia-cuda-runtime-cu12
+
+# nginx (Debian) balances Triton replicas (export/serving/balancer.py, tests/test_replicas.py) with a
+# config of its own; a server the package's install may have started on port 80 is stopped again.
+.PHONY: nginx
+nginx:
+	@dpkg -s nginx >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx && \
+		{ $(SUDO) systemctl disable --now nginx 2>/dev/null || $(SUDO) nginx -s quit 2>/dev/null || true; }; }
 
 # The side-by-side benchmark (docs/benchmarks.md): about 10 minutes, figures in reports/bench.
 bench: $(VENV)/.installed-bench $(PERF_ANALYZER) bench-tools
