@@ -23,6 +23,11 @@ def add_repository(parser: argparse.ArgumentParser, help: str = "model repositor
     )
 
 
+def repository_location(value: str) -> Path | str:
+    """A folder, or an object-storage URL (s3://, gs://, as://) kept as it is: Path would fold its '//'."""
+    return value if value.startswith(("s3://", "gs://", "as://")) else Path(value)
+
+
 def add_pipeline(parser: argparse.ArgumentParser, help: str = PIPELINE_HELP) -> None:
     """The PIPELINE positional of perf, stats and remove."""
     parser.add_argument("pipeline", metavar="PIPELINE", help=help)

@@ -7,6 +7,7 @@ import argparse
 import os
 import signal
 import sys
+from pathlib import Path
 
 from export.cli import flags
 
@@ -20,7 +21,14 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         description="Starts Triton, waits until every model is ready, prints the endpoints and forwards the "
         "server's log; restarts it if it crashes. Ctrl-C or SIGTERM stops it.",
     )
-    flags.add_repository(serve, "model repository to serve")
+    serve.add_argument(
+        "--repository",
+        type=flags.repository_location,
+        default=ServerOptions.repository,
+        help="model repository to serve: a folder, or s3://[HOST:PORT/]BUCKET/PREFIX (the release `push` made "
+        "CURRENT there, resolved at each start; also gs:// and as://, read by Triton) "
+        f"(default: {ServerOptions.repository})",
+    )
     serve.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, loopback only)")
     for protocol, port in (("http", 8000), ("grpc", 8001), ("metrics", 8002)):
         label = {"http": "HTTP", "grpc": "gRPC", "metrics": "Prometheus metrics"}[protocol]
@@ -59,6 +67,26 @@ def add_command(commands: argparse._SubParsersAction) -> None:
     )
     serve.set_defaults(run=_run)
 
+    push = commands.add_parser(
+        "push",
+        help="upload a repository to object storage as a new release, then make it the one servers start on",
+        description="Uploads REPOSITORY's models under URL/releases/ID/ (ID: the UTC time and a digest of the files; "
+        "the same files pushed again find their release), writes the release's manifest last, then points "
+        "URL/CURRENT at it. Servers reading URL (`serve --repository URL`) load the pointed release at their next "
+        "start; a release is never written over, so no server reads half of one. Credentials: boto3's "
+        "(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or a profile). docs/scaling.md.",
+    )
+    push.add_argument("source", type=Path, metavar="REPOSITORY", help="the exported repository folder")
+    push.add_argument("url", metavar="URL", help="s3://BUCKET/PREFIX on AWS, s3://HOST:PORT/BUCKET/PREFIX elsewhere")
+    push.add_argument(
+        "--point",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="make the release CURRENT; --no-point uploads it and leaves CURRENT as it is, to roll it out by its "
+        "own URL (as the Kubernetes files do) (default: --point)",
+    )
+    push.set_defaults(run=_push)
+
     watchdog = commands.add_parser(
         "watchdog",
         help="reload any Python-backend model whose stub dies, beside a server `serve` did not start",
@@ -91,6 +119,14 @@ def _watch(args: argparse.Namespace) -> int:
 
     url = args.url.removeprefix("http://")
     return watch(RepositoryApi(url, args.admin_key), interval=args.interval, wait=args.wait, say=_say)
+
+
+def _push(args: argparse.Namespace) -> int:
+    from export.serving.object_store import push
+
+    release = push(args.source, args.url, point=args.point, say=_say)
+    print(release.url)  # alone on stdout: scripts take it from there
+    return 0
 
 
 def _say(message: str) -> None:

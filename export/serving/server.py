@@ -23,13 +23,14 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
 from export.errors import UserError
 from export.repository.layout import DEFAULT_REPOSITORY, model_names
+from export.serving.object_store import is_remote, remote_models, resolve
 from export.serving.repository_api import ADMIN_KEY_HEADER, RepositoryApi
 from export.serving.watchdog import StubWatchdog
 
@@ -45,7 +46,8 @@ class ServerError(UserError):
 
 @dataclass(frozen=True)
 class ServerOptions:
-    repository: Path = DEFAULT_REPOSITORY
+    # A folder, or an object-storage URL Triton reads itself (object_store.py: s3://, gs://, as://).
+    repository: Path | str = DEFAULT_REPOSITORY
     host: str = "127.0.0.1"
     http_port: int = 8000
     grpc_port: int = 8001
@@ -192,13 +194,21 @@ def check_exposure(options: ServerOptions) -> None:
         )
 
 
-def check_repository(options: ServerOptions) -> None:
-    repository = options.repository
+def check_repository(options: ServerOptions, repository: Path | str | None = None) -> None:
+    """The repository exists and holds the models asked for. `repository`: where the server will
+    read it, when that is not options.repository (the release an s3:// prefix points to)."""
+    repository = options.repository if repository is None else repository
     if options.model_control_mode not in CONTROL_MODES:
         raise ServerError(f"model control mode must be one of {', '.join(CONTROL_MODES)}")
-    if not repository.is_dir():
-        raise ServerError(f"model repository {repository} does not exist; export a model first (README.md)")
-    present = model_names(repository)
+    if is_remote(repository):
+        if not str(repository).startswith("s3://"):
+            return  # gs:// and as://: Triton reports what it cannot read
+        present = remote_models(str(repository))
+    else:
+        repository = Path(repository)
+        if not repository.is_dir():
+            raise ServerError(f"model repository {repository} does not exist; export a model first (README.md)")
+        present = model_names(repository)
     if options.model_control_mode == "none" and not present:
         raise ServerError(f"model repository {repository} holds no models; export one first (README.md)")
     absent = [name for name in options.load_models if name not in present]
@@ -206,10 +216,36 @@ def check_repository(options: ServerOptions) -> None:
         raise ServerError(f"not in {repository}: {', '.join(absent)} (it has: {', '.join(present) or 'nothing'})")
 
 
+def repository_location(repository: Path | str) -> str:
+    """The --model-repository value: a URL as it is, a folder as an absolute path."""
+    return str(repository) if is_remote(repository) else str(Path(repository).resolve())
+
+
 def die_with_parent() -> None:
     """In the child before exec: get SIGTERM if the launching process dies, so no server
     outlives a killed `serve` or test run."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def serving_flags(load_models: Sequence[str] = ("*",), *, cache_mb: int, admin_key: str | None) -> list[str]:
+    """The tritonserver flags every deployment passes, wherever it runs: `serve` here, and the
+    Kubernetes files (deploy/kubernetes, checked against this list by tests/test_kubernetes.py).
+    Only addresses, ports, the repository and machine-specific flags are left to each."""
+    flags = [
+        "--metrics-config=summary_latencies=true",  # p50/p99 per model on the metrics port
+        # "none" runs as explicit with every model loaded at start: the same models, and
+        # the repository API the stub watchdog reloads a model through.
+        "--model-control-mode=explicit",
+        *(f"--load-model={name}" for name in load_models),
+        "--strict-readiness=true",
+        "--exit-timeout-secs=10",
+    ]
+    if cache_mb:
+        flags.append(f"--cache-config=local,size={cache_mb * 1024 * 1024}")
+    if admin_key:
+        restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={admin_key}"
+        flags += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
+    return flags
 
 
 class TritonServer:
@@ -223,13 +259,15 @@ class TritonServer:
         self.log = log
         self.process: subprocess.Popen[bytes] | None = None
         self.watchdog: StubWatchdog | None = None
+        self.repository: Path | str = options.repository  # what it reads: an s3:// prefix's current release
         self._workdir: tempfile.TemporaryDirectory[str] | None = None
 
     def command(self, backend_directory: Path, install: TritonInstall) -> list[str]:
         o = self.options
+        loads = ("*",) if o.model_control_mode == "none" else o.load_models
         cmd = [
             str(install.binary),
-            f"--model-repository={o.repository.resolve()}",
+            f"--model-repository={repository_location(self.repository)}",
             f"--backend-directory={backend_directory}",
             f"--http-address={o.host}",
             f"--http-port={o.http_port}",
@@ -239,26 +277,19 @@ class TritonServer:
             f"--metrics-port={o.metrics_port}",
             "--allow-gpu-metrics=false",
             "--pinned-memory-pool-byte-size=0",  # CPU only: no pinned (page-locked) staging buffers
-            "--metrics-config=summary_latencies=true",  # p50/p99 per model on the metrics port
-            # "none" runs as explicit with every model loaded at start: the same models, and
-            # the repository API the stub watchdog reloads a model through.
-            "--model-control-mode=explicit",
-            "--strict-readiness=true",
-            "--exit-timeout-secs=10",
             f"--log-verbose={o.log_verbose}",
         ]
-        loads = ["*"] if o.model_control_mode == "none" else o.load_models
-        cmd += [f"--load-model={name}" for name in loads]
         if o.cache_mb:
-            cmd += [f"--cache-directory={install.caches}", f"--cache-config=local,size={o.cache_mb * 1024 * 1024}"]
-        if o.admin_key:
-            restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={o.admin_key}"
-            cmd += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
-        return cmd + list(o.extra_args)
+            cmd.append(f"--cache-directory={install.caches}")
+        return cmd + serving_flags(loads, cache_mb=o.cache_mb, admin_key=o.admin_key) + list(o.extra_args)
 
     def start(self) -> TritonServer:
         check_exposure(self.options)
-        check_repository(self.options)
+        # An s3:// prefix is resolved at every start: a restarted server serves the newest release.
+        self.repository = (
+            resolve(str(self.options.repository)) if is_remote(self.options.repository) else self.options.repository
+        )
+        check_repository(self.options, self.repository)
         check_ports_free(self.options)
         install = TritonInstall.find()
         self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
