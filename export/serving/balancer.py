@@ -76,6 +76,13 @@ class BalancerOptions:
     # wrong with a 400; a limit here would answer 413 with an HTML page instead.
     max_body_mb: int = 0
     keepalive: int = 64  # idle connections kept open to the replicas, per worker
+    # HTTP/1.1 clients' connections kept open between requests. Off by default: a reload (every
+    # step of a roll, every restart of a crashed replica) closes the old workers' connections
+    # right after their last reply, and a client's next POST on such a connection fails with no
+    # reply; clients (geventhttpclient, urllib3) do not resend a POST by themselves. Without
+    # keepalive each request has a connection of its own, which no reload can close under it
+    # (gRPC is not concerned: HTTP/2 says GOAWAY and gRPC moves to a new connection).
+    http_keepalive: bool = False
     drain_timeout_s: float = 30.0  # old workers still busy after a reload are closed after this
     access_log: bool = False  # one line per request in WORKDIR/access.log, with the replica that answered
 
@@ -134,6 +141,7 @@ http {{
 
     server {{
         listen {_listen(o.host, ports[0])};
+        keepalive_timeout {"75s" if o.http_keepalive else "0"};
         location / {{
             proxy_pass http://triton_http;
             proxy_http_version 1.1;
