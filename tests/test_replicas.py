@@ -1,6 +1,7 @@
 """Triton replicas behind nginx (export/serving/replicas.py, balancer.py), all real: three
-tritonservers on one repository, Debian's nginx, and the project's client with its default
-Retry over gRPC and HTTP, through the balancer's one address.
+tritonservers reading one repository from an S3 store (SeaweedFS), Debian's nginx, and the
+project's client with its default Retry over gRPC and HTTP, through the balancer's one address.
+Releases go to the store with `push`; a roll takes the one its CURRENT names.
 
 Stated outcomes: answers through the balancer equal a replica's own (atol 1e-5, the bound the
 fault tests use: batching may merge requests differently); bad input is the replica's own
@@ -20,13 +21,16 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from export.serving.object_store import push
 from export.serving.replicas import Replicas
+from export.serving.seaweedfs import CREDENTIALS, SeaweedFS
 from export.serving.server import ServerError, ServerOptions, free_port
 from export.serving.watchdog import stubs
 from export.text.pipeline import TextExportOptions, export_text
@@ -42,8 +46,24 @@ RESTART_SECONDS = 60
 
 
 @pytest.fixture(scope="module")
+def store() -> Iterator[SeaweedFS]:
+    saved = {key: os.environ.get(key) for key in CREDENTIALS}
+    os.environ.update(CREDENTIALS)  # boto3 here and every replica's S3 client read these
+    try:
+        with SeaweedFS() as running:
+            running.create_bucket("models")
+            yield running
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
 def releases(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> dict[str, Path]:
-    """Release a: MODEL. Release b: MODEL and NEXT. Broken: MODEL whose encoder cannot load."""
+    """Exports: a: MODEL. b: MODEL and NEXT. broken: MODEL whose encoder cannot load."""
     folder = tmp_path_factory.mktemp("releases")
     model = str(tiny_models["tiny-bert"].path)
     for release in ("a", "b"):
@@ -55,8 +75,16 @@ def releases(tmp_path_factory: pytest.TempPathFactory, tiny_models) -> dict[str,
 
 
 @pytest.fixture(scope="module")
-def replicas(releases: dict[str, Path], tmp_path_factory: pytest.TempPathFactory):
-    options = ServerOptions(releases["a"], http_port=free_port(), grpc_port=free_port())
+def prefix(store: SeaweedFS, releases: dict[str, Path]) -> str:
+    """Where the replicas read: release a is CURRENT there."""
+    url = store.url("models", "replicated")
+    push(releases["a"], url, say=lambda _: None)
+    return url
+
+
+@pytest.fixture(scope="module")
+def replicas(prefix: str, tmp_path_factory: pytest.TempPathFactory):
+    options = ServerOptions(prefix, http_port=free_port(), grpc_port=free_port())
     with Replicas(options, COUNT, logs=tmp_path_factory.mktemp("replica-logs")) as running:
         yield running
 
@@ -186,29 +214,34 @@ def test_a_replica_killed_under_load_fails_no_request_and_comes_back(replicas, e
     assert inference_count(replicas.servers[1].options.grpc_url) > 0, "the restarted replica got no requests"
 
 
-def test_a_roll_to_a_new_release_under_load_fails_no_request(replicas, expected, releases) -> None:
+def test_a_roll_to_a_new_release_under_load_fails_no_request(replicas, expected, releases, prefix: str) -> None:
+    release = push(releases["b"], prefix, say=lambda _: None)  # CURRENT moves; running replicas keep theirs
     with Load(replicas, expected) as load:
         time.sleep(1.0)
         began = time.monotonic()
-        replicas.roll(releases["b"])
+        replicas.roll(prefix)
         rolled = time.monotonic()
         time.sleep(0.5)
     assert not load.errors and not load.wrong, (load.errors[:5], load.wrong[:5])
     assert load.served_between(began, rolled) > 0
-    assert replicas.options.repository == releases["b"]
     for server in replicas.servers:  # every replica, at its own address, serves the new release
-        assert server.options.repository == releases["b"]
+        assert server.options.repository == server.repository == release.url
         with EmbeddingClient(server.options.grpc_url) as client:
             assert client.embed_text(NEXT, ["a new release"]).shape == (1, HIDDEN)
     with EmbeddingClient(replicas.http_url, "http") as client:
         assert client.embed_text(NEXT, ["a new release"]).shape == (1, HIDDEN)
 
 
-def test_a_release_that_cannot_load_stops_the_roll_and_every_replica_still_serves(replicas, releases) -> None:
+def test_a_release_that_cannot_load_stops_the_roll_and_every_replica_still_serves(
+    replicas, releases, prefix: str
+) -> None:
     before = [server.options.repository for server in replicas.servers]
+    push(releases["broken"], prefix, say=lambda _: None)
     with pytest.raises(ServerError, match="roll stopped at replica 0, back on its release"):
-        replicas.roll(releases["broken"])
+        replicas.roll(prefix)
     assert [server.options.repository for server in replicas.servers] == before
+    # Back on the store too: pushing the good export again finds its release and points at it.
+    assert push(releases["b"], prefix, say=lambda _: None).url == before[0]
     for server in replicas.servers:
         with EmbeddingClient(server.options.grpc_url) as client:
             assert client.embed_text(MODEL, ["still served"]).shape == (1, HIDDEN)

@@ -30,9 +30,18 @@ from pathlib import Path
 from typing import IO
 
 from export.serving.balancer import Balancer, BalancerOptions, Upstream
+from export.serving.object_store import is_remote, resolve
 from export.serving.server import ServerError, ServerOptions, TritonServer, free_port
 
 REPLICA_HOST = "127.0.0.1"  # only the balancer reaches a replica
+
+
+def pin(repository: Path | str) -> Path | str:
+    """The release every replica is to serve: for an s3:// prefix, the one its CURRENT names now
+    (object_store.py), resolved once. Replicas given the prefix itself would each resolve it when
+    they start: a push during a roll, or a crashed replica restarted after one, would mix
+    releases, and a failed roll could not go back (the prefix would point at the failing one)."""
+    return resolve(str(repository)) if is_remote(repository) else repository
 
 
 class Replica:
@@ -111,8 +120,9 @@ class Replicas:
         self._temporary = None if logs is not None else tempfile.TemporaryDirectory(prefix="replicas-")
         self.logs = Path(logs if logs is not None else self._temporary.name)
         self.logs.mkdir(parents=True, exist_ok=True)
+        pinned = replace(options, repository=pin(options.repository))
         self.replicas = [
-            Replica(i, self._replica_options(options), self.logs / f"replica-{i}.log") for i in range(count)
+            Replica(i, self._replica_options(pinned), self.logs / f"replica-{i}.log") for i in range(count)
         ]
         ports = {"http_port": options.http_port, "grpc_port": options.grpc_port}
         self.balancer_options = replace(balancer or BalancerOptions(), host=options.host, **ports)
@@ -189,16 +199,19 @@ class Replicas:
         out of the balancer, its requests finished, stopped, started on the new repository,
         ready, put back. The others serve meanwhile, so no request fails; old and new releases
         both answer during the roll (give a changed pipeline a new name if that matters).
+        `repository`: a folder, a release's URL, or an s3:// prefix: the release its CURRENT
+        names when the roll begins (`push` moved it there) goes to every replica.
 
         If a replica cannot serve the new release, it is started again on the one it had and
         the roll stops there: ServerError, the rest still on the old release."""
         if len(self.replicas) < 2:
             raise ServerError("a roll without downtime needs at least two replicas")
+        release = pin(repository)
         for replica in self.replicas:
             with self._lock:
                 old = replica.options
                 try:
-                    self._replace(replica.index, replace(old, repository=repository))
+                    self._replace(replica.index, replace(old, repository=release))
                 except ServerError as error:
                     self._replace(replica.index, old)
                     stopped = f"the roll stopped at replica {replica.index}, back on its release"

@@ -28,6 +28,7 @@ from export.serving.server import ServerError, die_with_parent, free_port
 # What every client of the store (boto3 here, Triton's S3 client) needs in its environment.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "any", "AWS_SECRET_ACCESS_KEY": "any", "AWS_DEFAULT_REGION": "us-east-1"}
 SERVICES = ("master", "volume", "filer", "s3")
+PORT_ATTEMPTS = 3
 
 
 def weed_binary() -> Path:
@@ -77,16 +78,29 @@ class SeaweedFS:
         ]
 
     def start(self, timeout: float = 60.0) -> SeaweedFS:
+        """Start it and wait until it serves. A port chosen free can be taken before `weed` binds
+        it (any process's outgoing connection may get it): then again on other ports."""
         self.data.mkdir(parents=True, exist_ok=True)
-        with self.log.open("ab") as log:
-            self.process = subprocess.Popen(
-                self.command(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
-            )
-        self._wait_until_ready(timeout)
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            start = self.log.stat().st_size if self.log.exists() else 0
+            with self.log.open("ab") as log:
+                self.process = subprocess.Popen(
+                    self.command(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    preexec_fn=die_with_parent,
+                )
+            try:
+                self._wait_until_ready(timeout)
+                return self
+            except ServerError:
+                with self.log.open("rb") as log:
+                    log.seek(start)
+                    taken = b"address already in use" in log.read()
+                if not taken or attempt == PORT_ATTEMPTS:
+                    raise
+                self.ports = {service: (free_port(), free_port()) for service in SERVICES}
         return self
 
     def _wait_until_ready(self, timeout: float) -> None:
@@ -94,7 +108,7 @@ class SeaweedFS:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process is None or self.process.poll() is not None:
-                raise ServerError(f"SeaweedFS exited before it was ready; its log: {self.log}")
+                raise ServerError(f"SeaweedFS exited before it was ready; the end of its log:\n{self._log_tail()}")
             with contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError):
                 urllib.request.urlopen(f"http://127.0.0.1:{self.ports['filer'][0]}/", timeout=2).close()
                 urllib.request.urlopen(self.endpoint, timeout=2).close()
@@ -102,7 +116,10 @@ class SeaweedFS:
                 self.create_bucket("readiness")
                 return
             time.sleep(0.3)
-        raise ServerError(f"SeaweedFS was not ready after {timeout:.0f} s; its log: {self.log}")
+        raise ServerError(f"SeaweedFS was not ready after {timeout:.0f} s; the end of its log:\n{self._log_tail()}")
+
+    def _log_tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
 
     def client(self):
         import boto3
