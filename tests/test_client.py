@@ -7,6 +7,10 @@ import asyncio
 import json
 import subprocess
 import sys
+import threading
+import urllib.error
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +25,7 @@ from tests import images
 from tests.conftest import CLIP_LABELS
 from tests.helpers import embed_grpc, infer_bytes
 from triton_embeddings import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
-from triton_embeddings.core import Jobs, Pipeline, Retry, is_retryable, is_unknown_model
+from triton_embeddings.core import CONNECTION_LOST, Jobs, Pipeline, Retry, is_retryable, is_unknown_model
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, IMAGE, TEXT, ClipPipelineNames
 
 CLIP = ClipPipelineNames("clip-vit-b-32")
@@ -268,3 +272,82 @@ def test_the_client_needs_no_torch_and_nothing_of_export() -> None:
         "assert AsyncEmbeddingClient is triton_embeddings.AsyncEmbeddingClient"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+class DroppingProxy(ThreadingHTTPServer):
+    """An HTTP proxy to the real server that closes the connection of the first `drops` infer
+    requests without a reply, as a replica dying under a load balancer does."""
+
+    def __init__(self, upstream: str, drops: int) -> None:
+        self.upstream, self.drops, self.posts = upstream, drops, 0
+        super().__init__(("127.0.0.1", 0), _ProxyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _ProxyHandler(BaseHTTPRequestHandler):
+    server: DroppingProxy
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._forward(None)
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        self.server.posts += 1
+        if self.server.posts <= self.server.drops:
+            self.close_connection = True  # no status line, nothing: the connection just ends
+            return
+        self._forward(body)
+
+    def _forward(self, body: bytes | None) -> None:
+        headers = {key: value for key, value in self.headers.items() if key.lower() not in ("host", "connection")}
+        target = f"http://{self.server.upstream}{self.path}"
+        request = urllib.request.Request(target, body, headers, method=self.command)
+        try:
+            reply = urllib.request.urlopen(request, timeout=30)
+        except urllib.error.HTTPError as error:
+            reply = error
+        data = reply.read()
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
+            if key.lower() not in ("connection", "transfer-encoding", "content-length"):
+                self.send_header(key, value)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+@pytest.mark.parametrize("aio", [False, True])
+def test_a_connection_closed_before_a_reply_is_retried_for_idempotent_calls(server, aio: bool) -> None:
+    """What a client sees through a load balancer when the replica holding its request dies."""
+    texts = ["one", "two"]
+    with DroppingProxy(server.options.http_url, drops=2) as proxy:
+        threading.Thread(target=proxy.serve_forever, daemon=True).start()
+        retry = Retry(first_delay=0.01)
+        if aio:
+
+            async def embed() -> np.ndarray:
+                async with AsyncEmbeddingClient(proxy.url, "http", retry=retry) as client:
+                    return await client.embed_text(FAST, texts)
+
+            served = asyncio.run(embed())
+        else:
+            with EmbeddingClient(proxy.url, "http", retry=retry) as client:
+                served = client.embed_text(FAST, texts)
+        assert proxy.posts == 3  # dropped twice, answered the third time
+        with EmbeddingClient(server.options.http_url, "http") as direct:
+            np.testing.assert_allclose(served, direct.embed_text(FAST, texts), atol=1e-6)
+        # Not retried: an error that says so, with the status is_retryable knows.
+        proxy.drops, proxy.posts = 1, 0
+        once = Retry(attempts=1)
+        with EmbeddingClient(proxy.url, "http", retry=once) as client, pytest.raises(EmbeddingError) as raised:
+            client.embed_text(FAST, texts)
+        assert "closed before a reply" in raised.value.message, raised.value
+        assert raised.value.status == CONNECTION_LOST and is_retryable(raised.value)
+        proxy.shutdown()

@@ -16,12 +16,14 @@ The clients only send. A new method is a `Jobs` method here plus one line in eac
 
 from __future__ import annotations
 
+import http.client
 import io
 import json
 import math
 import os
 import random
 import re
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -48,7 +50,8 @@ RECONNECT_BACKOFF_MS = 1000
 class EmbeddingError(Exception):
     """The server refused or failed a request: `model`, `index` of the item in the caller's
     list when the server named one, the server's `message`, and the `status` it came with
-    (gRPC: "StatusCode.UNAVAILABLE"...; HTTP: "503"...; None when no server answered)."""
+    (gRPC: "StatusCode.UNAVAILABLE"...; HTTP: "503"...; CONNECTION_LOST when an HTTP connection
+    failed or closed before any reply; None when no reply came in time)."""
 
     def __init__(self, model: str, message: str, index: int | None = None, status: str | None = None) -> None:
         self.model, self.message, self.index, self.status = model, message, index, status
@@ -56,8 +59,11 @@ class EmbeddingError(Exception):
         super().__init__(f"{model}{where}: {message}")
 
 
+# The status of an HTTP request whose connection closed before any reply: a replica (or the
+# server behind a load balancer) died or went away with it; the request may or may not have run.
+CONNECTION_LOST = "connection lost"
 # What the server says while it recovers or sheds load: worth asking again a little later.
-RETRYABLE_STATUSES = ("StatusCode.UNAVAILABLE", "503")  # queue full, server going down or not up yet
+RETRYABLE_STATUSES = ("StatusCode.UNAVAILABLE", "503", CONNECTION_LOST)  # queue full, server going or not up yet
 RETRYABLE_MESSAGES = (
     "is not healthy",  # a Python-backend stub died; the watchdog is reloading its model
     "has no available version",  # a model (re)loading
@@ -240,6 +246,19 @@ def server_errors(model: str, offset: int = 0) -> Iterator[None]:
         named = _ITEM_IN_MESSAGE.search(message)
         index = offset + int(named.group(1)) if named else None
         raise EmbeddingError(model, message, index, error.status()) from None
+    except _lost_connection() as error:
+        message = f"the connection failed or closed before a reply: {error!r}"
+        raise EmbeddingError(model, message, None, CONNECTION_LOST) from None
+
+
+def _lost_connection() -> tuple[type[BaseException], ...]:
+    """What the HTTP libraries raise when a connection closes before a reply (a server, or the
+    replica behind a load balancer, went away): the standard errors (geventhttpclient's
+    HTTPConnectionClosed is an http.client.HTTPException), and aiohttp's once the asyncio
+    client has loaded it. gRPC reports the same as UNAVAILABLE itself."""
+    errors: tuple[type[BaseException], ...] = (ConnectionError, http.client.HTTPException)
+    aiohttp = sys.modules.get("aiohttp")
+    return (*errors, aiohttp.ClientConnectionError) if aiohttp is not None else errors
 
 
 @dataclass(frozen=True)
