@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
+from export.serving.seaweedfs import CREDENTIALS, SeaweedFS
 from triton_embeddings.names import EMBEDDING, TEXT
 
 
@@ -63,3 +67,22 @@ def post_infer(server, model: str, body: bytes) -> tuple[int, dict]:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+@contextmanager
+def s3_store(*buckets: str) -> Iterator[SeaweedFS]:
+    """A real S3 store (SeaweedFS) with `buckets`, and in this process's environment the
+    credentials boto3 and every tritonserver started meanwhile read (restored after)."""
+    saved = {key: os.environ.get(key) for key in CREDENTIALS}
+    os.environ.update(CREDENTIALS)
+    try:
+        with SeaweedFS() as store:
+            for bucket in buckets:
+                store.create_bucket(bucket)
+            yield store
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

@@ -32,10 +32,11 @@ from export.serving.object_store import (
     remote_models,
     resolve,
 )
-from export.serving.seaweedfs import CREDENTIALS, SeaweedFS
+from export.serving.seaweedfs import SeaweedFS
 from export.serving.server import ServerError, ServerOptions, TritonServer, free_port
 from export.text.pipeline import TextExportOptions, export_text
 from export.tools.corpus import corpus
+from tests.helpers import s3_store
 from tests.test_parity import assert_parity
 from triton_embeddings import EmbeddingClient
 
@@ -45,18 +46,8 @@ BUCKET = "models"
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[SeaweedFS]:
-    saved = {key: os.environ.get(key) for key in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # boto3 here and Triton's S3 client read these
-    try:
-        with SeaweedFS() as running:
-            running.create_bucket(BUCKET)
-            yield running
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with s3_store(BUCKET) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -30,11 +30,12 @@ import tritonclient.grpc as grpcclient
 
 from export.serving.object_store import push
 from export.serving.replicas import Replicas
-from export.serving.seaweedfs import CREDENTIALS, SeaweedFS
+from export.serving.seaweedfs import SeaweedFS
 from export.serving.server import ServerError, ServerOptions, free_port
 from export.serving.watchdog import stubs
 from export.text.pipeline import TextExportOptions, export_text
 from export.tools import payloads
+from tests.helpers import s3_store
 from tests.tiny_models import HIDDEN
 from triton_embeddings import EmbeddingClient, EmbeddingError
 
@@ -47,18 +48,8 @@ RESTART_SECONDS = 60
 
 @pytest.fixture(scope="module")
 def store() -> Iterator[SeaweedFS]:
-    saved = {key: os.environ.get(key) for key in CREDENTIALS}
-    os.environ.update(CREDENTIALS)  # boto3 here and every replica's S3 client read these
-    try:
-        with SeaweedFS() as running:
-            running.create_bucket("models")
-            yield running
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with s3_store("models") as running:
+        yield running
 
 
 @pytest.fixture(scope="module")

@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.serving.server import ServerError, die_with_parent, free_port
+from export.serving.server import ServerError, Started, die_with_parent, free_port
 from export.serving.watchdog import processes
 
 INSTALL_HINT = "apt-get install -y nginx"
@@ -203,7 +203,7 @@ def _accepts(host: str, port: int) -> bool:
     return False
 
 
-class Balancer:
+class Balancer(Started):
     """An nginx process balancing HTTP and gRPC over `upstreams`. Use as a context manager,
     or `start()` then `stop()`. `set_upstreams()` changes the replicas without dropping a request."""
 
@@ -329,13 +329,3 @@ class Balancer:
         if self._temporary is not None:
             self._temporary.cleanup()
             self._temporary = None
-
-    def __enter__(self) -> Balancer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.serving.server import ServerError, die_with_parent, free_port
+from export.serving.server import ServerError, Started, die_with_parent, free_port
 
 VENV_VARIABLE = "MILVUS_SERVER_VENV"
 DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".tools" / "milvus"
@@ -203,7 +203,7 @@ def etcd_config(client_port: int, peer_port: int) -> str:
     )
 
 
-class MilvusServer:
+class MilvusServer(Started):
     """A Milvus standalone process on loopback. Use as a context manager, or `start()` then `stop()`.
 
     `data` is its folder (config, logs, etcd, segments); by default a temporary one, removed on
@@ -377,13 +377,3 @@ class MilvusServer:
         if self._temporary is not None:
             self._temporary.cleanup()
             self._temporary = None
-
-    def __enter__(self) -> MilvusServer:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()

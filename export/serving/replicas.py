@@ -31,7 +31,7 @@ from typing import IO
 
 from export.serving.balancer import Balancer, BalancerOptions, Upstream
 from export.serving.object_store import is_remote, resolve
-from export.serving.server import ServerError, ServerOptions, TritonServer, free_port
+from export.serving.server import ServerError, ServerOptions, Started, TritonServer, free_port
 
 REPLICA_HOST = "127.0.0.1"  # only the balancer reaches a replica
 
@@ -96,7 +96,7 @@ class Replica:
             self._log = None
 
 
-class Replicas:
+class Replicas(Started):
     """`count` tritonservers on `options.repository` behind one balancer on `options.host`,
     `options.http_port` and `options.grpc_port`. Use as a context manager, or `start()` then `close()`.
 
@@ -268,16 +268,6 @@ class Replicas:
         if self._temporary is not None:
             self._temporary.cleanup()
             self._temporary = None
-
-    def __enter__(self) -> Replicas:
-        try:
-            return self.start()
-        except BaseException:
-            self.close()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def _say(message: str) -> None:

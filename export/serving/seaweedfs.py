@@ -23,7 +23,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from export.serving.server import ServerError, die_with_parent, free_port
+from export.serving.server import ServerError, Started, die_with_parent, free_port
 
 # What every client of the store (boto3 here, Triton's S3 client) needs in its environment.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "any", "AWS_SECRET_ACCESS_KEY": "any", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -40,7 +40,7 @@ def weed_binary() -> Path:
     return Path(found)
 
 
-class SeaweedFS:
+class SeaweedFS(Started):
     """A SeaweedFS server with its S3 gateway on loopback. Context manager; `url(bucket)` is the
     s3:// address Triton and `export push` take, `endpoint` the one boto3 takes."""
 
@@ -150,8 +150,5 @@ class SeaweedFS:
         if self._tmp is not None:
             self._tmp.cleanup()
 
-    def __enter__(self) -> SeaweedFS:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.stop()

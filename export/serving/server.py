@@ -26,7 +26,7 @@ import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
 from export.errors import UserError
 from export.repository.layout import DEFAULT_REPOSITORY, model_names
@@ -246,6 +246,30 @@ def serving_flags(load_models: Sequence[str] = ("*",), *, cache_mb: int, admin_k
         restricted = f"{','.join(RESTRICTED_APIS)}:{ADMIN_KEY_HEADER}={admin_key}"
         flags += [f"--http-restricted-api={restricted}", f"--grpc-restricted-protocol={restricted}"]
     return flags
+
+
+_S = TypeVar("_S", bound="Started")
+
+
+class Started:
+    """A context manager for what has `start()` (returning itself) and `close()`: closed again
+    when starting fails, so no half-started process or temporary folder is left behind."""
+
+    def start(self: _S) -> _S:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self: _S) -> _S:
+        try:
+            return self.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 class TritonServer:
