@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -34,6 +35,7 @@ from export.serving.object_store import (
 )
 from export.serving.seaweedfs import SeaweedFS
 from export.serving.server import ServerError, ServerOptions, TritonServer, free_port
+from export.serving.watchdog import stubs
 from export.text.pipeline import TextExportOptions, export_text
 from export.tools.corpus import corpus
 from tests.helpers import s3_store
@@ -132,11 +134,14 @@ def test_served_from_the_store_it_matches_and_a_restart_takes_the_new_release(
         with EmbeddingClient(server.options.grpc_url) as client:
             assert_parity(client.embed_text(FIRST, texts), reference.encode(texts), texts)
             new = push(second, url, say=lambda _: None)
-            # Running, it keeps its release, even reloading a step (as the watchdog does after a crash).
-            server.repository_api.reload(f"{FIRST}_encoder")
-            assert server.repository_api.is_ready(f"{FIRST}_encoder")
+            # Running, it keeps its release, even reloading a step whose process died: the watchdog
+            # finds it by its instance name (its model.py is in a downloaded copy, /tmp/folderXYZ/1/).
+            (killed,) = [stub for stub in stubs(server.process.pid) if stub.model == f"{FIRST}_encoder"]
+            os.kill(killed.pid, signal.SIGKILL)
+            assert_parity(client.embed_text(FIRST, texts), reference.encode(texts), texts)  # Retry waits it out
+            back = [stub for stub in stubs(server.process.pid) if stub.model == f"{FIRST}_encoder"]
+            assert back and killed.pid not in {stub.pid for stub in back}
             assert server.repository_api.state(SECOND) is None
-            assert_parity(client.embed_text(FIRST, texts), reference.encode(texts), texts)
         server.stop()
         server.start()
         server.wait_until_ready()

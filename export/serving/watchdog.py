@@ -15,6 +15,7 @@ namespace, reloading through the repository API with the admin key.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import urllib.error
@@ -72,10 +73,22 @@ def stubs(group: int) -> list[Stub]:
     """Live stub processes of process group `group`, read from /proc: a stub's arguments are
     its model.py (in <repository>/<model>/<version>/), ..., its instance name (the 8th)."""
     return [
-        Stub(Path(p.args[1].decode()).parent.parent.name, p.args[8].decode(), p.pid, int(p.fields[19]))
+        Stub(model_of(p.args[1].decode(), p.args[8].decode()), p.args[8].decode(), p.pid, int(p.fields[19]))
         for p in processes()
         if p.group == group and p.args[0].endswith(STUB.encode()) and len(p.args) > 8
     ]
+
+
+_INSTANCE_SUFFIX = re.compile(r"_\d+_\d+$")  # <model>_<group index>_<instance index>
+
+
+def model_of(model_file: str, instance: str) -> str:
+    """The model a stub serves. Locally its model.py is in <repository>/<model>/<version>/;
+    from object storage Triton loads a downloaded copy in a temporary folder (/tmp/folderXYZ/1/),
+    whose name says nothing: then the instance name does, for instance groups Triton named
+    (ours are unnamed: <model>_<group>_<instance>)."""
+    folder = Path(model_file).parent.parent.name
+    return folder if instance.startswith(f"{folder}_") else _INSTANCE_SUFFIX.sub("", instance)
 
 
 class StubWatchdog(threading.Thread):
