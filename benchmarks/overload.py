@@ -17,12 +17,15 @@ For each kind of request, on a server of its own (the bundled Triton, on free po
   probe every 200 ms: probes failed, slowest probe).
 
 Client retries are off (`Retry(attempts=1)`): what the server refuses is what is measured.
+`--pin` puts the server on CPU 0 and the load generator on the other; `--cap N` sends the load
+through the balancer (nginx, export/serving/balancer.py) refusing past N requests in flight.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import threading
@@ -34,6 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import triton
+from export.serving.balancer import Balancer, BalancerOptions, Upstream
 from export.tools import payloads
 from triton_embeddings.client import AsyncEmbeddingClient, EmbeddingError, Retry
 
@@ -156,10 +160,14 @@ def percentile(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
-async def measure(server, model: str, kind: str, multiples: list[float], seconds: float) -> list[Load]:
-    """One kind of request on one server: its capacity, then each multiple of it in turn."""
+async def measure(
+    server, model: str, kind: str, multiples: list[float], seconds: float, grpc_url: str | None = None
+) -> list[Load]:
+    """One kind of request on one server: its capacity, then each multiple of it in turn.
+    `grpc_url`: where the load goes, when not to the server itself (a balancer in front)."""
     loads, http_url = [], f"http://127.0.0.1:{server.options.http_port}"
-    async with AsyncEmbeddingClient(server.options.grpc_url, timeout=120, retry=Retry(attempts=1)) as client:
+    target = grpc_url or server.options.grpc_url
+    async with AsyncEmbeddingClient(target, timeout=120, retry=Retry(attempts=1)) as client:
         requests = requests_of(kind)
         expected = {tuple(texts): await client.embed_text(model, texts) for texts in requests}
         sustained = await capacity(client, model, requests)
@@ -180,18 +188,32 @@ async def measure(server, model: str, kind: str, multiples: list[float], seconds
 
 
 def run(
-    repository: Path, model: str, kinds: list[str], multiples: list[float], seconds: float, pin: bool = False
+    repository: Path,
+    model: str,
+    kinds: list[str],
+    multiples: list[float],
+    seconds: float,
+    pin: bool = False,
+    cap: int = 0,
 ) -> list[Load]:
     """`pin`: the server (with its stubs) on CPU 0 and this load generator on the others, so
-    that the generator cannot take the server's CPU (capacity is then one core's)."""
+    that the generator cannot take the server's CPU (capacity is then one core's). `cap`: the
+    load goes through the balancer (nginx, on the server's CPU when pinned) with that cap of
+    requests in flight (BalancerOptions.max_in_flight_per_replica)."""
     loads, cpus = [], sorted(os.sched_getaffinity(0))
     for kind in kinds:
         if pin:
-            os.sched_setaffinity(0, cpus[:1])  # the server started next inherits it
-        with triton(repository, Path(f"/tmp/overload-{kind}.log")) as server:
+            os.sched_setaffinity(0, cpus[:1])  # the server and the balancer started next inherit it
+        with contextlib.ExitStack() as stack:
+            server = stack.enter_context(triton(repository, Path(f"/tmp/overload-{kind}.log")))
+            grpc_url = None
+            if cap:
+                upstream = Upstream(server.options.http_url, server.options.grpc_url)
+                balancer = stack.enter_context(Balancer([upstream], BalancerOptions(max_in_flight_per_replica=cap)))
+                grpc_url = balancer.grpc_url
             if pin:
                 os.sched_setaffinity(0, cpus[1:])
-            loads += asyncio.run(measure(server, model, kind, multiples, seconds))
+            loads += asyncio.run(measure(server, model, kind, multiples, seconds, grpc_url))
         os.sched_setaffinity(0, cpus)
     return loads
 
@@ -222,8 +244,11 @@ def main() -> None:
     parser.add_argument("--multiples", type=float, nargs="+", default=[2, 10, 50])
     parser.add_argument("--seconds", type=float, default=10)
     parser.add_argument("--pin", action="store_true", help="the server on CPU 0, the load generator on the rest")
+    parser.add_argument(
+        "--cap", type=int, default=0, metavar="N", help="through nginx, refusing past N requests in flight (0: direct)"
+    )
     args = parser.parse_args()
-    loads = run(args.repository, args.model, args.kinds, args.multiples, args.seconds, args.pin)
+    loads = run(args.repository, args.model, args.kinds, args.multiples, args.seconds, args.pin, args.cap)
     print(HEADER)
     for load in loads:
         print(row(load))

@@ -22,12 +22,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from export.serving.balancer import Balancer, BalancerOptions, Upstream
 from export.serving.object_store import push
 from export.serving.replicas import Replicas
 from export.serving.seaweedfs import SeaweedFS
@@ -38,6 +40,7 @@ from export.tools import payloads
 from tests.helpers import s3_store
 from tests.tiny_models import HIDDEN
 from triton_embeddings import EmbeddingClient, EmbeddingError
+from triton_embeddings.core import Retry, is_retryable
 
 MODEL = "replicated"  # in both releases
 NEXT = "replicated-next"  # only in the second release: what tells the releases apart
@@ -237,3 +240,32 @@ def test_a_release_that_cannot_load_stops_the_roll_and_every_replica_still_serve
         with EmbeddingClient(server.options.grpc_url) as client:
             assert client.embed_text(MODEL, ["still served"]).shape == (1, HIDDEN)
     assert len(replicas.balancer.upstreams) == COUNT
+
+
+def test_past_its_in_flight_cap_the_balancer_refuses_at_once_as_overloaded(replicas) -> None:
+    """Two requests held in a replica (its encoder paused), a cap of 2 in flight: the next ones
+    are refused by nginx itself, at once, as a replica's admission would word it; the two held
+    are answered once the encoder runs again."""
+    server = replicas.servers[0]
+    options = BalancerOptions(max_in_flight_per_replica=2)
+    held = [stub for stub in stubs(server.process.pid) if stub.model == f"{MODEL}_encoder"]
+    with Balancer([Upstream(server.options.http_url, server.options.grpc_url)], options) as balancer:
+        once = Retry(attempts=1)
+        with EmbeddingClient(balancer.grpc_url, retry=once) as grpc, ThreadPoolExecutor(2) as pool:
+            for stub in held:
+                os.kill(stub.pid, signal.SIGSTOP)
+            try:
+                waiting = [pool.submit(grpc.embed_text, MODEL, [f"held {k}"]) for k in range(2)]
+                time.sleep(1.0)  # both reached the replica
+                started = time.monotonic()
+                with pytest.raises(EmbeddingError) as raised:
+                    grpc.embed_text(MODEL, ["one more"])
+                refused_in = time.monotonic() - started
+                status, reply = post(f"http://{balancer.http_url}/v2/models/{MODEL}/infer", b"{}")
+            finally:
+                for stub in held:
+                    os.kill(stub.pid, signal.SIGCONT)
+            assert [future.result(30).shape for future in waiting] == [(1, HIDDEN)] * 2
+        assert raised.value.status == "StatusCode.UNAVAILABLE" and "server overloaded" in raised.value.message
+        assert is_retryable(raised.value) and refused_in < 0.5, refused_in
+        assert status == 503 and reply["error"].startswith("server overloaded"), (status, reply)

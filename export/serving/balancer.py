@@ -45,6 +45,7 @@ INSTALL_HINT = "apt-get install -y nginx"
 PORT_ATTEMPTS = 3
 # Triton's error body, so tritonclient and our client read the message like any server error.
 UNAVAILABLE_JSON = '{"error":"no replica could answer this request: retry it"}'
+OVERLOADED_MESSAGE = "server overloaded: too many requests in flight at the balancer; retry later"
 FORBIDDEN_JSON = '{"error":"admin APIs are per replica: use its own address, not the balancer"}'
 ADMIN_HTTP = r"^/v2/(repository|logging|trace|systemsharedmemory|cudasharedmemory)"
 ADMIN_GRPC = r"^/inference\.GRPCInferenceService/(Repository|LogSettings|Trace|SystemSharedMemory|CudaSharedMemory)"
@@ -85,6 +86,13 @@ class BalancerOptions:
     http_keepalive: bool = False
     drain_timeout_s: float = 30.0  # old workers still busy after a reload are closed after this
     access_log: bool = False  # one line per request in WORKDIR/access.log, with the replica that answered
+    # Requests in flight through the balancer per replica, HTTP and gRPC together, beyond which
+    # nginx refuses at once: 503 / UNAVAILABLE `server overloaded`, as a replica's own admission
+    # says it. A refusal here costs nginx a few microseconds, where a replica's costs its gRPC
+    # frontend, the ensemble and the tokenizer's Python process (docs/reliability.md, "Overload
+    # in time"): a flood of cheap requests is shed before it reaches Triton. It counts requests,
+    # not work; the replicas' admission still bounds the work. 0: no cap.
+    max_in_flight_per_replica: int = 0
 
 
 def nginx_binary() -> Path:
@@ -108,6 +116,9 @@ def nginx_config(upstreams: Sequence[Upstream], options: BalancerOptions, workdi
     http_servers = "".join(f"        server {u.http} {health};\n" for u in upstreams)
     grpc_servers = "".join(f"        server {u.grpc} {health};\n" for u in upstreams)
     access = f"access_log {workdir / 'access.log'} upstream;" if o.access_log else "access_log off;"
+    cap = o.max_in_flight_per_replica * len(upstreams)
+    # One count for both listeners (the key is their common server_name); in HTTP/2 each stream counts.
+    limit = f"limit_conn in_flight {cap};\n        limit_conn_status 503;" if cap else ""
     timeouts = f"connect_timeout {_seconds(o.connect_timeout_s)};"
     return f"""# Written by export/serving/balancer.py; rewritten on every change of replicas.
 worker_processes {o.workers};
@@ -129,6 +140,7 @@ http {{
     client_body_buffer_size 1m;
     keepalive_requests 1000000;
     tcp_nodelay on;
+    limit_conn_zone $server_name zone=in_flight:1m;
 
     upstream triton_http {{
 {http_servers}        keepalive {o.keepalive};
@@ -141,7 +153,9 @@ http {{
 
     server {{
         listen {_listen(o.host, ports[0])};
+        server_name balancer;
         keepalive_timeout {"75s" if o.http_keepalive else "0"};
+        {limit}
         location / {{
             proxy_pass http://triton_http;
             proxy_http_version 1.1;
@@ -160,10 +174,17 @@ http {{
             default_type application/json;
             return 503 '{UNAVAILABLE_JSON}';
         }}
+        error_page 503 = @overloaded;
+        location @overloaded {{
+            default_type application/json;
+            return 503 '{{"error":"{OVERLOADED_MESSAGE}"}}';
+        }}
     }}
 
     server {{
         listen {_listen(o.host, ports[1])} http2;
+        server_name balancer;
+        {limit}
         location / {{
             grpc_pass grpc://triton_grpc;
             grpc_next_upstream error timeout http_502 http_503 http_504;
@@ -182,6 +203,13 @@ http {{
             default_type application/grpc;
             add_header grpc-status 14 always;
             add_header grpc-message "no replica could answer this request: retry it" always;
+            return 204;
+        }}
+        error_page 503 = @overloaded;
+        location @overloaded {{
+            default_type application/grpc;
+            add_header grpc-status 14 always;
+            add_header grpc-message "{OVERLOADED_MESSAGE}" always;
             return 204;
         }}
     }}
