@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import threading
 import time
 import urllib.error
@@ -28,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
 
 from export.serving.balancer import Balancer, BalancerOptions, Upstream
 from export.serving.object_store import push
@@ -40,7 +42,8 @@ from export.tools import payloads
 from tests.helpers import s3_store
 from tests.tiny_models import HIDDEN
 from triton_embeddings import EmbeddingClient, EmbeddingError
-from triton_embeddings.core import Retry, is_retryable
+from triton_embeddings.core import is_retryable
+from triton_embeddings.names import TEXT
 
 MODEL = "replicated"  # in both releases
 NEXT = "replicated-next"  # only in the second release: what tells the releases apart
@@ -242,30 +245,33 @@ def test_a_release_that_cannot_load_stops_the_roll_and_every_replica_still_serve
     assert len(replicas.balancer.upstreams) == COUNT
 
 
-def test_past_its_in_flight_cap_the_balancer_refuses_at_once_as_overloaded(replicas) -> None:
-    """Two requests held in a replica (its encoder paused), a cap of 2 in flight: the next ones
-    are refused by nginx itself, at once, as a replica's admission would word it; the two held
-    are answered once the encoder runs again."""
-    server = replicas.servers[0]
-    options = BalancerOptions(max_in_flight_per_replica=2)
-    held = [stub for stub in stubs(server.process.pid) if stub.model == f"{MODEL}_encoder"]
-    with Balancer([Upstream(server.options.http_url, server.options.grpc_url)], options) as balancer:
-        once = Retry(attempts=1)
-        with EmbeddingClient(balancer.grpc_url, retry=once) as grpc, ThreadPoolExecutor(2) as pool:
-            for stub in held:
-                os.kill(stub.pid, signal.SIGSTOP)
-            try:
-                waiting = [pool.submit(grpc.embed_text, MODEL, [f"held {k}"]) for k in range(2)]
-                time.sleep(1.0)  # both reached the replica
-                started = time.monotonic()
-                with pytest.raises(EmbeddingError) as raised:
-                    grpc.embed_text(MODEL, ["one more"])
-                refused_in = time.monotonic() - started
-                status, reply = post(f"http://{balancer.http_url}/v2/models/{MODEL}/infer", b"{}")
-            finally:
-                for stub in held:
-                    os.kill(stub.pid, signal.SIGCONT)
-            assert [future.result(30).shape for future in waiting] == [(1, HIDDEN)] * 2
-        assert raised.value.status == "StatusCode.UNAVAILABLE" and "server overloaded" in raised.value.message
-        assert is_retryable(raised.value) and refused_in < 0.5, refused_in
-        assert status == 503 and reply["error"].startswith("server overloaded"), (status, reply)
+def test_past_its_in_flight_cap_the_balancer_refuses_at_once_as_overloaded() -> None:
+    """A replica that holds what it gets (a socket that listens and never answers: a hung
+    server), and a cap of 2 in flight: with two requests held, the next ones are refused by
+    nginx itself, at once, in a replica's own words (retryable), over gRPC and HTTP."""
+    with socket.socket() as hung_http, socket.socket() as hung_grpc:
+        for hung in (hung_http, hung_grpc):
+            hung.bind(("127.0.0.1", 0))
+            hung.listen(16)  # the kernel accepts; nobody reads or answers
+        upstream = Upstream(*(f"127.0.0.1:{hung.getsockname()[1]}" for hung in (hung_http, hung_grpc)))
+        options = BalancerOptions(max_in_flight_per_replica=2)
+        with Balancer([upstream], options) as balancer, ThreadPoolExecutor(2) as pool:
+            infer = f"http://{balancer.http_url}/v2/models/{MODEL}/infer"
+            held = [pool.submit(post, infer, b"{}") for _ in range(2)]
+            time.sleep(1.0)  # both passed to the replica, and held there
+            assert not any(future.done() for future in held)
+            client = grpcclient.InferenceServerClient(balancer.grpc_url)
+            text = grpcclient.InferInput(TEXT.name, [1, 1], "BYTES")
+            text.set_data_from_numpy(np.array([[b"one more"]], dtype=object))
+            started = time.monotonic()
+            with pytest.raises(InferenceServerException) as raised:
+                client.infer(MODEL, [text], client_timeout=10)
+            refused_in = time.monotonic() - started
+            client.close()
+            status, reply = post(infer, b"{}")
+            hung_http.close()  # the held requests end: the replica is gone
+        assert [future.result(30)[0] for future in held] == [503, 503]
+    error = EmbeddingError(MODEL, raised.value.message(), status=raised.value.status())
+    assert error.status == "StatusCode.UNAVAILABLE" and error.message.startswith("server overloaded"), error
+    assert is_retryable(error) and refused_in < 1.0, refused_in
+    assert status == 503 and reply["error"].startswith("server overloaded"), (status, reply)

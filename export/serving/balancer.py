@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.serving.server import ServerError, Started, die_with_parent, free_port
+from export.serving.server import ServerError, Started, die_with_parent, free_port, stop_group
 from export.serving.watchdog import processes
 
 INSTALL_HINT = "apt-get install -y nginx"
@@ -350,13 +350,7 @@ class Balancer(Started):
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGQUIT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
+        return stop_group(process, signal.SIGQUIT, timeout)
 
     def close(self) -> None:
         self.stop()

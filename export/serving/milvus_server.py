@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.serving.server import ServerError, Started, die_with_parent, free_port
+from export.serving.server import ServerError, Started, die_with_parent, free_port, stop_group
 
 VENV_VARIABLE = "MILVUS_SERVER_VENV"
 DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".tools" / "milvus"
@@ -355,13 +355,7 @@ class MilvusServer(Started):
         process, self.process = self.process, None
         if process is None:
             return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                process.wait(timeout)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(process.pid, signal.SIGKILL)
-        return process.wait()
+        return stop_group(process, signal.SIGTERM, timeout)
 
     def kill(self) -> None:
         """SIGKILL, no graceful stop: what a crash or an OOM kill does."""

@@ -12,7 +12,6 @@ Triton and boto3 send whatever AWS_* variables hold.
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
@@ -23,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from export.serving.server import ServerError, Started, die_with_parent, free_port
+from export.serving.server import ServerError, Started, die_with_parent, free_port, stop_group
 
 # What every client of the store (boto3 here, Triton's S3 client) needs in its environment.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "any", "AWS_SECRET_ACCESS_KEY": "any", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -139,14 +138,8 @@ class SeaweedFS(Started):
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            try:
-                process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+        if process is not None:
+            stop_group(process, signal.SIGTERM, 15)
         if self._tmp is not None:
             self._tmp.cleanup()
 

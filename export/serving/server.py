@@ -221,6 +221,19 @@ def repository_location(repository: Path | str) -> str:
     return str(repository) if is_remote(repository) else str(Path(repository).resolve())
 
 
+def stop_group(process: subprocess.Popen[bytes], first: int, timeout: float) -> int:
+    """Send `first` (SIGTERM, SIGQUIT: the graceful stop of that program), give it `timeout`
+    seconds to exit, then SIGKILL its whole process group, so nothing it started (stubs,
+    workers) outlives it. Returns its exit code."""
+    if process.poll() is None:
+        process.send_signal(first)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)  # leftovers share the group
+    return process.wait()
+
+
 def die_with_parent() -> None:
     """In the child before exec: get SIGTERM if the launching process dies, so no server
     outlives a killed `serve` or test run."""
@@ -378,13 +391,7 @@ class TritonServer:
         process, self.process = self.process, None
         code = None
         if process is not None:
-            if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout)
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)  # leftover stubs share the group
-            code = process.wait()
+            code = stop_group(process, signal.SIGTERM, timeout)
         if self._workdir is not None:
             self._workdir.cleanup()
             self._workdir = None
