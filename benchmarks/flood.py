@@ -1,13 +1,17 @@
 """A flood of short queries from a compiled load generator: Triton direct against the balancer's cap.
 
     python -m benchmarks.flood --repository model_repository --model NAME [--connections 1000] [--caps 0 128]
+        [--rates 3650 18250]
 
 wrk (Debian; `make bench-tools` installs it) keeps `--connections` HTTP requests in flight for
 10 s, closed loop, one short query each, far past what the server sustains: most answers are
-refusals. The server (and nginx, with a cap) run on CPU 0, wrk on CPU 1, so that the load
-generator neither takes the server's CPU nor, being compiled, falls behind as a Python one
-does (benchmarks/overload.py). Cap 0: Triton direct (its own admission refuses); cap N: through
-the balancer refusing past N requests in flight. wrk's latencies are over every answer.
+refusals. With `--rates`, each connection waits between its requests so that all together
+offer about that many requests a second (wrk's `delay`): close to an open loop at that rate
+while answers come fast, which refusals do. The server (and nginx, with a cap) run on CPU 0,
+wrk on CPU 1, so that the load generator neither takes the server's CPU nor, being compiled,
+falls behind as a Python one does (benchmarks/overload.py). Cap 0: Triton direct (its own
+admission refuses); cap N: through the balancer refusing past N requests in flight. wrk's
+latencies are over every answer.
 """
 
 from __future__ import annotations
@@ -35,6 +39,13 @@ end
 """
 
 
+def paced(script: Path, connections: int, rate: float) -> Path:
+    """`script` with each connection waiting connections / rate seconds between requests."""
+    out = script.with_name(f"paced-{rate:g}.lua")
+    out.write_text(script.read_text() + f"\ndelay = function() return {1000 * connections / rate:.3f} end\n")
+    return out
+
+
 def flood(url: str, model: str, connections: int, cpu: int, script: Path) -> dict[str, float]:
     """wrk against `url` pinned to `cpu`: answers/s, non-2xx answers, and p50/p90/p99 ms."""
     command = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", "-d10s", "--timeout", "30s"]
@@ -57,6 +68,7 @@ def main() -> None:
     parser.add_argument("--model", required=True, help="a text pipeline in the repository")
     parser.add_argument("--connections", type=int, default=1000)
     parser.add_argument("--caps", type=int, nargs="+", default=[0, 128])
+    parser.add_argument("--rates", type=float, nargs="*", default=[], help="offered requests/s (default: as fast)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: make bench-tools (apt-get install wrk)")
@@ -79,16 +91,19 @@ def main() -> None:
                     url = balancer.http_url
                 os.sched_setaffinity(0, cpus)
                 try:
-                    rows.append((cap, flood(url, args.model, args.connections, cpus[-1], script)))
+                    for rate in args.rates or [0.0]:
+                        load = paced(script, args.connections, rate) if rate else script
+                        rows.append((cap, rate, flood(url, args.model, args.connections, cpus[-1], load)))
                 finally:
                     if balancer is not None:
                         balancer.close()
     print(f"wrk, {args.connections} connections, 10 s, one short query per request, {args.model}:\n")
-    print("| path | answers/s | served/s | answers p50 / p90 / p99 ms |\n|---|---|---|---|")
-    for cap, r in rows:
+    print("| path | offered | answers/s | served/s | answers p50 / p90 / p99 ms |\n|---|---|---|---|---|")
+    for cap, rate, r in rows:
         path = "Triton direct" if not cap else f"nginx, cap {cap}"
-        latency = f"{r['p50']:.0f} / {r['p90']:.0f} / {r['p99']:.0f}"
-        print(f"| {path} | {r['answers']:,.0f} | {r['served']:,.0f} | {latency} |")
+        latency = f"{r['p50']:.1f} / {r['p90']:.1f} / {r['p99']:.1f}"
+        offered = f"{rate:,.0f}/s" if rate else "as fast"
+        print(f"| {path} | {offered} | {r['answers']:,.0f} | {r['served']:,.0f} | {latency} |")
 
 
 if __name__ == "__main__":
