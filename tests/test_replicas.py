@@ -18,6 +18,8 @@ import os
 import shutil
 import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -36,7 +38,7 @@ from export.serving.object_store import push
 from export.serving.replicas import Replicas
 from export.serving.seaweedfs import SeaweedFS
 from export.serving.server import ServerError, ServerOptions, free_port
-from export.serving.watchdog import stubs
+from export.serving.watchdog import processes, stubs
 from export.text.pipeline import TextExportOptions, export_text
 from export.tools import payloads
 from tests.helpers import s3_store
@@ -275,3 +277,47 @@ def test_past_its_in_flight_cap_the_balancer_refuses_at_once_as_overloaded() -> 
     assert error.status == "StatusCode.UNAVAILABLE" and error.message.startswith("server overloaded"), error
     assert is_retryable(error) and refused_in < 1.0, refused_in
     assert status == 503 and reply["error"].startswith("server overloaded"), (status, reply)
+
+
+def test_serve_with_replicas_puts_the_balancer_in_front_and_stops_cleanly(releases, tmp_path: Path) -> None:
+    """`serve --replicas 2`: one address for both, answers as a replica does, SIGTERM stops everything."""
+    http, grpc = free_port(), free_port()
+    command = [sys.executable, "-m", "export", "serve", "--repository", str(releases["a"]), "--replicas", "2"]
+    command += ["--http-port", str(http), "--grpc-port", str(grpc)]
+    with (tmp_path / "serve.log").open("wb") as log:
+        serving = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    started: set[int] = set()
+    try:
+        deadline = time.monotonic() + 180
+        while not ready(f"http://127.0.0.1:{http}"):
+            assert serving.poll() is None and time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.5)
+        with EmbeddingClient(f"127.0.0.1:{grpc}") as client:
+            assert client.embed_text(MODEL, ["through the balancer"]).shape == (1, HIDDEN)
+        assert "2 replica(s) behind nginx" in (tmp_path / "serve.log").read_text()
+        started = descendants(serving.pid)  # tritonservers, their stubs, nginx and its workers
+        assert len(started) >= 2 * 3 + 2, started
+    finally:
+        serving.send_signal(signal.SIGTERM)
+        code = serving.wait(60)
+    assert code == 0, (tmp_path / "serve.log").read_text()[-3000:]
+    time.sleep(1.0)
+    alive = {p.pid for p in processes()}
+    assert not started & alive, started & alive  # nothing outlives serve
+
+
+def descendants(root: int) -> set[int]:
+    parents = {p.pid: int(p.fields[1]) for p in processes()}
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def ready(base: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{base}/v2/health/ready", timeout=2) as response:
+            return response.status == 200
+    except (urllib.error.URLError, ConnectionError, TimeoutError):
+        return False

@@ -7,9 +7,14 @@ import argparse
 import os
 import signal
 import sys
+import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from export.cli import flags
+
+if TYPE_CHECKING:
+    from export.serving.server import ServerOptions
 
 
 def add_command(commands: argparse._SubParsersAction) -> None:
@@ -64,6 +69,15 @@ def add_command(commands: argparse._SubParsersAction) -> None:
         default=os.environ.get("TRITON_ADMIN_KEY"),
         help="require this key (header admin-key) for the repository, logging, trace and shared-memory "
         "APIs; required when --host is not loopback (default: $TRITON_ADMIN_KEY)",
+    )
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=0,
+        metavar="N",
+        help="N tritonservers on loopback ports behind nginx on --host and the HTTP/gRPC ports, which sheds floods "
+        "past 128 requests in flight per replica before they reach Triton; crashed replicas restart "
+        "(docs/scaling.md). 0: Triton itself on those ports (default: 0)",
     )
     serve.set_defaults(run=_run)
 
@@ -121,6 +135,26 @@ def _watch(args: argparse.Namespace) -> int:
     return watch(RepositoryApi(url, args.admin_key), interval=args.interval, wait=args.wait, say=_say)
 
 
+def _run_replicas(options: ServerOptions, count: int) -> int:
+    """`count` replicas behind the balancer until Ctrl-C or SIGTERM (export/serving/replicas.py)."""
+    from export.serving.replicas import Replicas
+
+    try:
+        with Replicas(options, count) as replicas:
+            lines = [f"\nTriton is ready, {count} replica(s) behind nginx:"]
+            lines += [f"  HTTP    http://{replicas.http_url}/v2/models/<name>/infer", f"  gRPC    {replicas.grpc_url}"]
+            lines += [
+                f"  replica {index}: HTTP {server.options.http_url} (admin APIs), metrics {server.options.metrics_url}"
+                for index, server in enumerate(replicas.servers)
+            ]
+            print("\n".join([*lines, f"Logs in {replicas.logs}. Ctrl-C stops them."]), flush=True)
+            while True:
+                time.sleep(3600)
+    except KeyboardInterrupt:
+        print("stopped the replicas", file=sys.stderr, flush=True)
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from export.serving.object_store import push
 
@@ -152,8 +186,10 @@ def _run(args: argparse.Namespace) -> int:
         admin_key=args.admin_key,
         cache_mb=args.cache_mb,
     )
-    server = TritonServer(options)  # its log goes to our stdout
     signal.signal(signal.SIGTERM, _interrupt)
+    if args.replicas:
+        return _run_replicas(options, args.replicas)
+    server = TritonServer(options)  # its log goes to our stdout
 
     def ready() -> None:
         print(
