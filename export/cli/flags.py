@@ -25,7 +25,9 @@ def add_repository(parser: argparse.ArgumentParser, help: str = "model repositor
 
 def repository_location(value: str) -> Path | str:
     """A folder, or an object-storage URL (s3://, gs://, as://) kept as it is: Path would fold its '//'."""
-    return value if value.startswith(("s3://", "gs://", "as://")) else Path(value)
+    from export.serving.object_store import is_remote  # at parse time: the CLI imports no protobufs
+
+    return value if is_remote(value) else Path(value)
 
 
 def add_pipeline(parser: argparse.ArgumentParser, help: str = PIPELINE_HELP) -> None:

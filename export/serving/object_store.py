@@ -277,6 +277,12 @@ def resolve(url: str) -> str:
     return str(release)
 
 
+def current(repository: Path | str) -> Path | str:
+    """What a server started now reads for `repository`: a folder as it is, an s3:// prefix's
+    CURRENT release (resolve)."""
+    return resolve(str(repository)) if is_remote(repository) else repository
+
+
 def remote_models(url: str) -> list[str]:
     """The models of an s3:// repository (folders holding a config.pbtxt), as model_names does."""
     location = S3Location.parse(url)

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import IO
 
 from export.serving.balancer import Balancer, BalancerOptions, Upstream
-from export.serving.object_store import is_remote, resolve
+from export.serving.object_store import current
 from export.serving.server import ServerError, ServerOptions, Started, TritonServer, free_port
 
 REPLICA_HOST = "127.0.0.1"  # only the balancer reaches a replica
@@ -41,7 +41,7 @@ def pin(repository: Path | str) -> Path | str:
     (object_store.py), resolved once. Replicas given the prefix itself would each resolve it when
     they start: a push during a roll, or a crashed replica restarted after one, would mix
     releases, and a failed roll could not go back (the prefix would point at the failing one)."""
-    return resolve(str(repository)) if is_remote(repository) else repository
+    return current(repository)
 
 
 class Replica:

@@ -30,7 +30,7 @@ from typing import IO, TypeVar
 
 from export.errors import UserError
 from export.repository.layout import DEFAULT_REPOSITORY, model_names
-from export.serving.object_store import is_remote, remote_models, resolve
+from export.serving.object_store import current, is_remote, remote_models
 from export.serving.repository_api import ADMIN_KEY_HEADER, RepositoryApi
 from export.serving.watchdog import StubWatchdog
 
@@ -323,9 +323,7 @@ class TritonServer:
     def start(self) -> TritonServer:
         check_exposure(self.options)
         # An s3:// prefix is resolved at every start: a restarted server serves the newest release.
-        self.repository = (
-            resolve(str(self.options.repository)) if is_remote(self.options.repository) else self.options.repository
-        )
+        self.repository = current(self.options.repository)
         check_repository(self.options, self.repository)
         check_ports_free(self.options)
         install = TritonInstall.find()
