@@ -33,6 +33,10 @@ class _Tower(torch.nn.Module):
         super().__init__()
         self.model = model
         self.method = method
+        # The exporter restores the wrapper's own mode after tracing, recursively: a wrapper
+        # left in training mode would put the model there too, and every BatchNorm (ResNet,
+        # MobileCLIP towers) would then normalize by batch statistics and overwrite its own.
+        self.train(model.training)
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
         return getattr(self.model, self.method)(inputs, normalize=True)

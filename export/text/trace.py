@@ -25,6 +25,7 @@ class _SentenceEmbedding(torch.nn.Module):
         super().__init__()
         self.model = text_model.model
         self.input_names = [spec.name for spec in text_model.inputs]
+        self.train(self.model.training)  # see export.clip.trace._Tower: the exporter restores this mode
 
     def forward(self, *tensors: torch.Tensor) -> torch.Tensor:
         features = dict(zip(self.input_names, tensors, strict=True))
