@@ -5,16 +5,18 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
 from export.clip.model import UnsupportedClipModelError, load_clip_model, tokenizer_settings
 from export.clip.pipeline import ClipExportOptions, export_clip, read_labels
-from export.clip.trace import check_clip_onnx, export_clip_onnx
+from export.clip.trace import CLIP_VALIDATION_TEXTS, check_clip_onnx, export_clip_onnx
 from export.errors import InvalidArgumentError, UserError
 from export.text.default_model import default_model_path
 from export.validation import ExportValidationError
+from triton_embeddings.names import CLIP_INPUT_IDS
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +65,25 @@ def test_labels_file(tmp_path: Path) -> None:
         read_labels(path)
 
 
+def test_hugging_face_tokenizers_are_served_with_open_clips_settings() -> None:
+    """A Hugging Face tokenizer (here a BERT WordPiece: lower-casing, [CLS]/[SEP], [PAD] = 0)
+    gives open_clip's ids: its cleaning first, truncation and padding to the context."""
+    reference = HFTokenizer(str(default_model_path()), context_length=24, clean="whitespace")
+    served = tokenizer_settings("bert-clip", reference)
+    texts = [*CLIP_VALIDATION_TEXTS, "IT'S   LOUD &amp; clear", "word " * 40]
+    np.testing.assert_array_equal(served.tokenize(texts, [CLIP_INPUT_IDS])["input_ids"], reference(texts).numpy())
+
+
 def test_tokenizers_we_cannot_reproduce_are_refused() -> None:
-    with pytest.raises(UnsupportedClipModelError, match="tokenizer HFTokenizer is not supported yet"):
-        tokenizer_settings("hf-model", HFTokenizer(str(default_model_path())))
+    bert = str(default_model_path())
+    with pytest.raises(UnsupportedClipModelError, match="strip the separator token"):
+        tokenizer_settings("ViT-H-14-CLIPA", HFTokenizer(bert, strip_sep_token=True))
+    with pytest.raises(UnsupportedClipModelError, match="tokenizer_mode 'clips'"):
+        tokenizer_settings("clips", HFTokenizer(bert, tokenizer_mode="clips"))
     with pytest.raises(UnsupportedClipModelError, match="reduction mask"):
         tokenizer_settings("masked", SimpleTokenizer(reduction_mask="simple"))
+    with pytest.raises(UnsupportedClipModelError, match="tokenizer str is not supported yet"):
+        tokenizer_settings("odd", "not a tokenizer")
 
 
 def test_the_checks_pass_on_a_faithful_export(tiny_export) -> None:

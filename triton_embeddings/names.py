@@ -59,7 +59,8 @@ TEXT = TensorSpec("TEXT", "BYTES", (1,))
 EMBEDDING = TensorSpec("EMBEDDING", "FP32", (-1,))
 IMAGE = TensorSpec("IMAGE", "BYTES", (1,))  # an encoded image file: raw bytes, base64 or data URI
 LABEL = TensorSpec("LABEL", "BYTES", (1,))  # zero-shot classification: the best label
-SCORES = TensorSpec("SCORES", "FP32", (-1,))  # zero-shot: softmax over the labels; search: per hit, higher is closer
+# Zero-shot: a softmax over the labels (SigLIP: a sigmoid per label); search: per hit, higher is closer.
+SCORES = TensorSpec("SCORES", "FP32", (-1,))
 
 # Between tokenizer and encoder: the Hugging Face names, so the ONNX graph reads like the model.
 INPUT_IDS = TensorSpec("input_ids", "INT64", (-1,))

@@ -45,6 +45,7 @@ class ClipModel:
     preprocess: PreprocessSettings
     dimension: int
     logit_scale: float
+    logit_bias: float | None  # SigLIP's: its zero-shot scores are sigmoids per label, not a softmax
 
     @property
     def text_input(self) -> TensorSpec:
@@ -79,7 +80,11 @@ def load_clip_model(arch: str, pretrained: str | None, *, draft: bool = True) ->
     weights = None if pretrained in (None, "none") else pretrained
     _check_findable(open_clip, arch, weights)
     try:
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=weights)
+        # Random weights are random in both towers: open_clip would otherwise fetch a Hugging
+        # Face text tower's own pretrained weights (multilingual CLIPs) under random images.
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            arch, pretrained=weights, pretrained_text=weights is not None or arch.startswith(_SCHEMAS)
+        )
         tokenizer = open_clip.get_tokenizer(arch)
     except (OSError, RuntimeError, ValueError) as error:  # downloads, files, checkpoints
         given = f"{arch} --pretrained {pretrained}" if weights else arch
@@ -93,6 +98,7 @@ def load_clip_model(arch: str, pretrained: str | None, *, draft: bool = True) ->
         preprocess=_preprocess_settings(open_clip, model, draft),
         dimension=_embedding_size(model, tokenizer),
         logit_scale=float(model.logit_scale.detach().exp()),
+        logit_bias=None if getattr(model, "logit_bias", None) is None else float(model.logit_bias.detach()),
     )
 
 
@@ -134,22 +140,38 @@ def _embedding_size(model: Any, tokenizer: Any) -> int:
 
 
 def tokenizer_settings(arch: str, tokenizer: Any) -> TokenizerSettings:
-    """open_clip's CLIP BPE tokenizer as a `tokenizers` tokenizer: same vocabulary and merges,
-    same pre-tokenization, start/end tokens, truncation that keeps the end token, and padding
-    with 0 to the full context, as open_clip does."""
-    from open_clip.tokenizer import SimpleTokenizer, get_clean_fn
-    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+    """open_clip's tokenizer as a `tokenizers` tokenizer that gives the same ids: its own CLIP
+    BPE rebuilt, or a Hugging Face tokenizer's own pipeline (SigLIP, SigLIP2, XLM-RoBERTa)."""
+    from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
-    if type(tokenizer) is not SimpleTokenizer:
-        raise UnsupportedClipModelError(
-            f"{arch}: tokenizer {type(tokenizer).__name__} is not supported yet (only open_clip's CLIP BPE tokenizer)"
-        )
-    if tokenizer.reduction_fn is not None:
-        raise UnsupportedClipModelError(f"{arch}: tokenizers with a reduction mask are not supported")
+    if type(tokenizer) is SimpleTokenizer:
+        return _clip_bpe_settings(arch, tokenizer)
+    if type(tokenizer) is HFTokenizer:
+        return _hugging_face_settings(arch, tokenizer)
+    raise UnsupportedClipModelError(
+        f"{arch}: tokenizer {type(tokenizer).__name__} is not supported yet "
+        "(open_clip's CLIP BPE tokenizer and Hugging Face tokenizers are)"
+    )
+
+
+def _clean_kind(arch: str, tokenizer: Any) -> str:
+    """Which of open_clip's text cleanings the tokenizer applies before tokenizing."""
+    from open_clip.tokenizer import get_clean_fn
+
     clean = [kind for kind in _CLEAN_KINDS if tokenizer.clean_fn is get_clean_fn(kind)]
     if not clean:
         raise UnsupportedClipModelError(f"{arch}: unknown text cleaning {tokenizer.clean_fn}")
+    return clean[0]
 
+
+def _clip_bpe_settings(arch: str, tokenizer: Any) -> TokenizerSettings:
+    """CLIP's BPE: same vocabulary and merges, same pre-tokenization, start/end tokens,
+    truncation that keeps the end token, and padding with 0 to the full context."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, processors
+
+    if tokenizer.reduction_fn is not None:
+        raise UnsupportedClipModelError(f"{arch}: tokenizers with a reduction mask are not supported")
+    clean = _clean_kind(arch, tokenizer)
     merges = sorted(tokenizer.bpe_ranks, key=tokenizer.bpe_ranks.get)
     rust = Tokenizer(models.BPE(vocab=dict(tokenizer.encoder), merges=merges, end_of_word_suffix="</w>"))
     rust.pre_tokenizer = pre_tokenizers.Sequence(
@@ -171,7 +193,39 @@ def tokenizer_settings(arch: str, tokenizer: Any) -> TokenizerSettings:
         padding_side="right",
         pad_token_id=0,
         pad_token=tokenizer.decoder[0],
-        clean=clean[0],
+        clean=clean,
+        pad_to_length=tokenizer.context_length,
+    )
+
+
+def _hugging_face_settings(arch: str, tokenizer: Any) -> TokenizerSettings:
+    """A Hugging Face tokenizer is already a `tokenizers` pipeline (normalizer, pre-tokenizer,
+    model, special tokens): served as is, with open_clip's cleaning in front and its call's
+    settings (truncation to the context, padding to it with the tokenizer's own pad token, on
+    the tokenizer's side). What open_clip does after the call is refused by name."""
+    if tokenizer.tokenizer_mode:
+        raise UnsupportedClipModelError(
+            f"{arch}: open_clip's tokenizer_mode {tokenizer.tokenizer_mode!r} (its own special-token layout) "
+            "is not supported"
+        )
+    if tokenizer.strip_sep_token:
+        raise UnsupportedClipModelError(f"{arch}: tokenizers that strip the separator token are not supported")
+    hugging_face = tokenizer.tokenizer
+    backend = getattr(hugging_face, "backend_tokenizer", None)
+    if backend is None:
+        raise UnsupportedClipModelError(
+            f"{arch}: {type(hugging_face).__name__} has no fast (Rust) version to serve; "
+            "save the model with a tokenizer.json"
+        )
+    if hugging_face.pad_token_id is None:
+        raise UnsupportedClipModelError(f"{arch}: its tokenizer has no pad token, and open_clip pads to the context")
+    return TokenizerSettings(
+        tokenizer_json=backend.to_str(),
+        max_length=tokenizer.context_length,
+        padding_side=hugging_face.padding_side,
+        pad_token_id=hugging_face.pad_token_id,
+        pad_token=str(hugging_face.pad_token),
+        clean=_clean_kind(arch, tokenizer),
         pad_to_length=tokenizer.context_length,
     )
 

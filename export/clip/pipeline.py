@@ -171,7 +171,13 @@ def _write_classify(
     """The classifier step, and the ensemble IMAGE -> preprocess -> image encoder -> classifier."""
     embeddings = label_embeddings(clip, list(options.labels), list(options.templates))
     write_classifier(
-        staging / names.classifier, names.classifier, options.labels, embeddings, clip.logit_scale, batching
+        staging / names.classifier,
+        names.classifier,
+        options.labels,
+        embeddings,
+        batching,
+        logit_scale=clip.logit_scale,
+        logit_bias=clip.logit_bias,
     )
     outputs = [LABEL, SCORES.with_dims(len(options.labels))]
     steps = [

@@ -145,10 +145,14 @@ def write_classifier(
     name: str,
     labels: Sequence[str],
     label_embeddings: np.ndarray,
-    logit_scale: float,
     batching: Batching,
+    *,
+    logit_scale: float,
+    logit_bias: float | None = None,
 ) -> None:
-    """Zero-shot classifier: EMBEDDING -> LABEL, SCORES over `labels` (one embedding row each)."""
+    """Zero-shot classifier: EMBEDDING -> LABEL, SCORES over `labels` (one embedding row each).
+    Scores are a softmax over the labels (CLIP), or with a `logit_bias` one sigmoid per label
+    (SigLIP: its labels are scored independently, so they need not sum to 1)."""
     count, dimension = label_embeddings.shape
     embedding, outputs = EMBEDDING.with_dims(dimension), [LABEL, SCORES.with_dims(count)]
     add_python_model(model_dir, "zero_shot_classifier")
@@ -156,6 +160,8 @@ def write_classifier(
     parameters = classifier_parameters(labels) | {
         "label_embeddings_file": LABEL_EMBEDDINGS_FILE,
         "logit_scale": repr(float(logit_scale)),
+        "scores": "softmax" if logit_bias is None else "sigmoid",
+        "logit_bias": repr(float(logit_bias or 0.0)),
     }
     config = model_config.python_model(name, [model_config.model_input(embedding)], outputs, batching, parameters)
     model_config.write_config(config, model_dir)

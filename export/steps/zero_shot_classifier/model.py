@@ -2,8 +2,9 @@
 
 Zero-shot classification as CLIP does it: cosine similarity of the (unit) image embedding
 with each label's text embedding, computed at export and stored beside this file, scaled by
-the model's logit scale and softmaxed over the labels. Labels are in the config's `labels`
-parameter (a JSON list), in the order of SCORES.
+the model's logit scale, then softmaxed over the labels (CLIP) or, for SigLIP models, shifted
+by the model's logit bias and put through a sigmoid per label (`scores` parameter). Labels are
+in the config's `labels` parameter (a JSON list), in the order of SCORES.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ class TritonPythonModel:
         folder = Path(args["model_repository"]) / args["model_version"]
         self.label_embeddings = np.load(folder / params["label_embeddings_file"]).astype(np.float32)
         self.logit_scale = np.float32(params["logit_scale"])
+        self.logit_bias = np.float32(params.get("logit_bias", 0.0))
+        self.sigmoid = params.get("scores") == "sigmoid"
 
     def execute(self, requests: list) -> list:
         embeddings = [pb_utils.get_input_tensor_by_name(r, self.input_name).as_numpy() for r in requests]
         logits = self.logit_scale * (np.concatenate(embeddings) @ self.label_embeddings.T)
-        scores = np.exp(logits - logits.max(axis=1, keepdims=True))
-        scores /= scores.sum(axis=1, keepdims=True)
+        if self.sigmoid:
+            scores = 1 / (1 + np.exp(-(logits + self.logit_bias)))
+        else:
+            scores = np.exp(logits - logits.max(axis=1, keepdims=True))
+            scores /= scores.sum(axis=1, keepdims=True)
         best = self.labels[scores.argmax(axis=1)].reshape(-1, 1)
         responses, start = [], 0
         for batch in embeddings:
