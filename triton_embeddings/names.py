@@ -61,6 +61,7 @@ IMAGE = TensorSpec("IMAGE", "BYTES", (1,))  # an encoded image file: raw bytes, 
 LABEL = TensorSpec("LABEL", "BYTES", (1,))  # zero-shot classification: the best label
 # Zero-shot: a softmax over the labels (SigLIP: a sigmoid per label); search: per hit, higher is closer.
 SCORES = TensorSpec("SCORES", "FP32", (-1,))
+CAPTION = TensorSpec("CAPTION", "BYTES", (1,))  # CoCa: the image's caption, UTF-8 text
 
 # Between tokenizer and encoder: the Hugging Face names, so the ONNX graph reads like the model.
 INPUT_IDS = TensorSpec("input_ids", "INT64", (-1,))
@@ -71,6 +72,10 @@ TOKEN_TYPE_IDS = TensorSpec("token_type_ids", "INT64", (-1,))
 # Runtime's ArgMax has int32 kernels on every version (int64 only on recent ones).
 CLIP_INPUT_IDS = TensorSpec("input_ids", "INT32", (-1,))
 PIXEL_VALUES = TensorSpec("pixel_values", "FP32", (3, -1, -1))
+# CoCa captions: what the text decoder attends to (tokens x width, filled in at export), and
+# the next token's logits over the vocabulary at the last position of the ids so far.
+IMAGE_TOKENS = TensorSpec("image_tokens", "FP32", (-1, -1))
+NEXT_TOKEN_LOGITS = TensorSpec("logits", "FP32", (-1,))
 
 
 @dataclass(frozen=True)
@@ -98,7 +103,8 @@ class TextPipelineNames:
 
 @dataclass(frozen=True)
 class ClipPipelineNames:
-    """Model names of one CLIP export: three ensembles clients call, and their steps."""
+    """Model names of one CLIP export: the ensembles clients call, and their steps. `classify`:
+    exported with labels; `caption`: a CoCa model, whose captions are served too."""
 
     name: str
 
@@ -116,6 +122,17 @@ class ClipPipelineNames:
     def classify(self) -> str:
         """Ensemble IMAGE -> LABEL, SCORES (only when exported with labels)."""
         return f"{self.name}_classify"
+
+    @property
+    def caption(self) -> str:
+        """Ensemble IMAGE -> CAPTION (CoCa models only)."""
+        return f"{self.name}_caption"
+
+    @property
+    def classify_caption(self) -> str:
+        """Ensemble IMAGE -> LABEL, SCORES, and a CAPTION that starts from a prompt naming the
+        label (CoCa models exported with labels)."""
+        return f"{self.name}_classify_caption"
 
     @property
     def text_tokenizer(self) -> str:
@@ -137,15 +154,36 @@ class ClipPipelineNames:
     def classifier(self) -> str:
         return f"{self.name}_classifier"
 
-    def ensembles(self, *, classify: bool) -> tuple[str, ...]:
-        return (self.text, self.image, self.classify) if classify else (self.text, self.image)
+    @property
+    def caption_image_encoder(self) -> str:
+        """ONNX: pixels -> IMAGE_TOKENS, what CoCa's text decoder attends to."""
+        return f"{self.name}_caption_image_encoder"
 
-    def steps(self, *, classify: bool) -> tuple[str, ...]:
+    @property
+    def caption_decoding_step(self) -> str:
+        """ONNX: IMAGE_TOKENS, token ids so far -> the next token's logits."""
+        return f"{self.name}_caption_decoding_step"
+
+    @property
+    def caption_decoder(self) -> str:
+        """Python: the decoding loop (greedy or beam), calling the decoding step each token."""
+        return f"{self.name}_caption_decoder"
+
+    def ensembles(self, *, classify: bool, caption: bool = False) -> tuple[str, ...]:
+        ensembles = (self.text, self.image, self.classify) if classify else (self.text, self.image)
+        if caption:
+            ensembles += (self.caption, self.classify_caption) if classify else (self.caption,)
+        return ensembles
+
+    def steps(self, *, classify: bool, caption: bool = False) -> tuple[str, ...]:
         steps = (self.text_tokenizer, self.text_encoder, self.image_preprocess, self.image_encoder)
-        return (*steps, self.classifier) if classify else steps
+        steps = (*steps, self.classifier) if classify else steps
+        if caption:
+            steps += (self.caption_image_encoder, self.caption_decoding_step, self.caption_decoder)
+        return steps
 
-    def models(self, *, classify: bool) -> tuple[str, ...]:
-        return self.ensembles(classify=classify) + self.steps(classify=classify)
+    def models(self, *, classify: bool, caption: bool = False) -> tuple[str, ...]:
+        return self.ensembles(classify=classify, caption=caption) + self.steps(classify=classify, caption=caption)
 
 
 # Search (docs/search.md). A collection's index step takes query vectors or points to store;

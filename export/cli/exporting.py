@@ -77,9 +77,44 @@ def _add_clip(commands: argparse._SubParsersAction) -> None:
         "decode JPEGs at a reduced DCT scale when at least twice the target size; --no-draft: always at full size",
         default=True,
     )
+    _add_caption_flags(clip)
     flags.add_serving(clip, python_step="preprocess")
     flags.add_limits(clip, images=True)
     clip.set_defaults(run=_run_clip, resolve=lambda args: _default_name(args, clip_model_name(args.model)))
+
+
+def _add_caption_flags(clip: argparse.ArgumentParser) -> None:
+    """CoCa models are captioned by default; these flags change how (other models refuse them)."""
+    group = clip.add_argument_group("CoCa captions (coca_* models: NAME_caption, and NAME_classify_caption)")
+    group.add_argument(
+        "--caption-decoding", choices=("greedy", "beam"), help="how captions are decoded (default: greedy)"
+    )
+    group.add_argument("--caption-beams", type=int, metavar="N", help="beams per image with beam decoding (default: 3)")
+    group.add_argument(
+        "--caption-length",
+        type=int,
+        metavar="N",
+        help="at most N tokens after the prompt, end token included (default: 30)",
+    )
+    group.add_argument(
+        "--caption-prompt",
+        metavar="T",
+        help="where NAME_classify_caption's caption starts, {} for the label (default: 'a photo of {},')",
+    )
+
+
+def _caption_options(args: argparse.Namespace):
+    """CaptionOptions from the flags given; None when none was (CoCa models then get the defaults)."""
+    from export.clip.caption import CaptionOptions
+
+    given = {
+        "decoding": args.caption_decoding,
+        "beams": args.caption_beams,
+        "max_new_tokens": args.caption_length,
+        "prompt": args.caption_prompt,
+    }
+    given = {key: value for key, value in given.items() if value is not None}
+    return CaptionOptions(**given) if given else None
 
 
 def text_model_name(model: str) -> str:
@@ -155,6 +190,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         opset=args.opset,
         precision=args.precision,
         draft=args.draft,
+        caption=_caption_options(args),
         **flags.limits(args),
     )
     result = export_clip(options)

@@ -3,7 +3,9 @@
 - `<name>_text`: TEXT -> EMBEDDING (`_text_tokenizer`, Python; `_text_encoder`, ONNX);
 - `<name>_image`: IMAGE -> EMBEDDING (`_image_preprocess`, Python; `_image_encoder`, ONNX);
 - `<name>_classify` (with labels): IMAGE -> LABEL, SCORES (the image steps, then
-  `_classifier`, Python, holding the labels' text embeddings computed here).
+  `_classifier`, Python, holding the labels' text embeddings computed here);
+- CoCa models: `<name>_caption` and, with labels, `<name>_classify_caption`
+  (caption_pipeline.py).
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from export import runtimes
+from export.clip.caption import CaptionOptions
+from export.clip.caption_pipeline import CaptionExport, captions_for, check_caption_serving, write_captions
 from export.clip.model import ClipModel, load_clip_model
 from export.clip.trace import check_clip_onnx, export_clip_onnx, label_embeddings
 from export.errors import InvalidArgumentError
@@ -60,6 +64,7 @@ class ClipExportOptions:
     max_text_bytes: int = TokenizerSettings.max_text_bytes
     max_image_bytes: int = PreprocessSettings.max_bytes
     max_pixels: int = PreprocessSettings.max_pixels
+    caption: CaptionOptions | None = None  # CoCa captions as asked; None: CoCa models get the defaults
 
 
 @dataclass(frozen=True)
@@ -93,16 +98,19 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
     names = ClipPipelineNames(options.name)
     _check_templates(options.templates)
     python_batching, encoder_batching = pre_checks(names.name, "clip", options.serving, options.precision)
+    if options.caption is not None:
+        check_caption_serving(options.serving)
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
     classify = bool(options.labels)
+    captions = captions_for(options.arch, options.pretrained, clip, options.caption)
     record = PipelineRecord(
         name=names.name,
         kind="clip",
         runtime=options.serving.runtime,
         precision=options.precision,
         embedding_size=clip.dimension,
-        ensembles=names.ensembles(classify=classify),
-        steps=names.steps(classify=classify),
+        ensembles=names.ensembles(classify=classify, caption=captions is not None),
+        steps=names.steps(classify=classify, caption=captions is not None),
     )
     with staged_pipeline(options.repository, record) as staging:
         text_onnx = version_dir(staging / names.text_encoder) / ONNX_FILE
@@ -137,6 +145,9 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
         if classify:
             # The classifier follows the image encoder, whose queue the entry steps bound.
             _write_classify(staging, names, clip, options, python_batching.unbounded(), record)
+        if captions is not None:
+            caption = CaptionExport(captions, options.labels, serving, options.opset, serving.cache())
+            write_captions(staging, names, clip, caption, (python_batching, encoder_batching), record)
     return ClipExport(record, options.labels, text_agreement, image_agreement, options.repository)
 
 

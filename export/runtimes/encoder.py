@@ -32,6 +32,7 @@ class EncoderModel:
     pad_values: Mapping[str, int] = field(default_factory=dict)
     padding_side: str = "right"
     precision: str = "fp32"
+    ragged: bool = True
 
     def shape(self, spec: TensorSpec, length: int) -> list[int]:
         """`spec`'s dims without the batch axis, a varying last axis set to `length`."""

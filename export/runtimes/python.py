@@ -49,12 +49,12 @@ def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptio
         "intra_op_spinning": "1" if _python_default(serving, "intra_op_spinning") else "0",
         "admission": "1" if serving.admission_ms() else "0",  # measure each batch's cost per unit
     }
-    ragged = encoder.sequence is not None
+    ragged = encoder.sequence is not None and encoder.ragged
     if ragged and ATTENTION_MASK.name in {spec.name for spec in encoder.inputs}:
         parameters["length_input"] = ATTENTION_MASK.name
         parameters["max_batch_tokens"] = str(_python_default(serving, "max_batch_tokens"))
     inputs = [model_config.model_input(spec, ragged=ragged) for spec in encoder.inputs]
     config = model_config.python_model(encoder.name, inputs, [encoder.output], encoder.batching, parameters)
-    typical = encoder.sequence[1] if ragged else 0
+    typical = encoder.sequence[1] if encoder.sequence else 0
     config.model_warmup.extend(encoder.warmups((typical, 1)))
     return config

@@ -45,6 +45,13 @@ def _invalid(message: str):
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(message, pb_utils.TritonError.INVALID_ARG))
 
 
+def _mismatched(arrays: list[np.ndarray]) -> bool:
+    """Inputs of one rank (token ids and mask) must have one shape; all must have the same
+    rows (CoCa's decoding step takes image tokens [n, tokens, width] and ids [n, length])."""
+    first_rank = {array.shape for array in arrays if array.ndim == arrays[0].ndim}
+    return len(first_rank) > 1 or len({len(array) for array in arrays}) > 1
+
+
 def _answer(request, response) -> None:
     """The request's one and final response, sent now rather than returned from execute()."""
     request.get_response_sender().send(response, flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
@@ -82,9 +89,9 @@ class TritonPythonModel:
         feeds: dict[str, list[np.ndarray]] = {name: [] for name in self.input_names}
         for request in requests:
             arrays = [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
-            if len({array.shape for array in arrays}) > 1:
+            if _mismatched(arrays):
                 shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self.input_names, arrays, strict=True))
-                _answer(request, _invalid(f"inputs must all have the same shape, got {shapes}"))
+                _answer(request, _invalid(f"inputs must all have the same shape (rows, across ranks), got {shapes}"))
                 continue
             accepted.append(request)
             for name, array in zip(self.input_names, arrays, strict=True):

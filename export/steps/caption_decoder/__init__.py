@@ -1,0 +1,1 @@
+"""See export/steps/__init__.py."""
