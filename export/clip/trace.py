@@ -56,19 +56,27 @@ def _exportable():
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def _export(
-    tower: torch.nn.Module, sample: torch.Tensor, inputs: TensorSpec, output: TensorSpec, path: Path, opset: int
+def export_tower(
+    model: torch.nn.Module,
+    method: str,
+    sample: torch.Tensor,
+    inputs: TensorSpec,
+    output: TensorSpec,
+    path: Path,
+    opset: int = DEFAULT_OPSET,
 ) -> None:
-    torch.onnx.export(
-        tower,
-        (sample,),
-        str(path),
-        input_names=[inputs.name],
-        output_names=[output.name],
-        dynamic_axes={spec.name: spec.dynamic_axes() for spec in (inputs, output)},
-        opset_version=opset,
-        dynamo=False,
-    )
+    """One tower (`encode_text` or `encode_image`) traced on `sample`, batch dynamic."""
+    with _exportable():
+        torch.onnx.export(
+            _Tower(model, method),
+            (sample,),
+            str(path),
+            input_names=[inputs.name],
+            output_names=[output.name],
+            dynamic_axes={spec.name: spec.dynamic_axes() for spec in (inputs, output)},
+            opset_version=opset,
+            dynamo=False,
+        )
 
 
 def export_clip_onnx(clip: ClipModel, text_path: Path, image_path: Path, *, opset: int = DEFAULT_OPSET) -> None:
@@ -76,9 +84,8 @@ def export_clip_onnx(clip: ClipModel, text_path: Path, image_path: Path, *, opse
     ids = torch.from_numpy(_served_ids(clip, list(VALIDATION_TEXTS[:2])))
     height, width = clip.preprocess.size
     pixels = torch.randn(2, 3, height, width, generator=torch.Generator().manual_seed(0))
-    with _exportable():
-        _export(_Tower(clip.model, "encode_text"), ids, clip.text_input, clip.embedding, text_path, opset)
-        _export(_Tower(clip.model, "encode_image"), pixels, clip.image_input, clip.embedding, image_path, opset)
+    export_tower(clip.model, "encode_text", ids, clip.text_input, clip.embedding, text_path, opset)
+    export_tower(clip.model, "encode_image", pixels, clip.image_input, clip.embedding, image_path, opset)
 
 
 def _served_ids(clip: ClipModel, texts: list[str]) -> np.ndarray:
