@@ -230,6 +230,15 @@ def test_classify_caption_returns_the_classifier_outputs_and_a_caption_from_the_
         assert caption == open_clip_text(torch_greedy(coca[1], embs[i], [SOT, *prompt_ids(name)]))
 
 
+def test_classify_caption_answers_any_subset_of_its_outputs(client) -> None:
+    """Triton 2.51 deadlocked such requests while LABEL was both an output and the decoder's input."""
+    names, items = ClipPipelineNames(GREEDY), sample_cases()[:2]
+    everything = infer_bytes(client, names.classify_caption, IMAGE.name, items, [LABEL.name, SCORES.name, CAPTION.name])
+    for index, output in enumerate((LABEL.name, SCORES.name, CAPTION.name)):
+        (alone,) = infer_bytes(client, names.classify_caption, IMAGE.name, items, [output])
+        np.testing.assert_array_equal(alone, everything[index])
+
+
 def test_coca_embeddings_still_match_open_clip(client, coca) -> None:
     _, model, transform = coca
     items = sample_cases()

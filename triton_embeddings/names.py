@@ -76,6 +76,10 @@ PIXEL_VALUES = TensorSpec("pixel_values", "FP32", (3, -1, -1))
 # the next token's logits over the vocabulary at the last position of the ids so far.
 IMAGE_TOKENS = TensorSpec("image_tokens", "FP32", (-1, -1))
 NEXT_TOKEN_LOGITS = TensorSpec("logits", "FP32", (-1,))
+# Inside classify_caption, the classifier's LABEL on its way to the caption decoder, which
+# passes it on as the ensemble's LABEL: Triton 2.51 deadlocks a request that asks for some of
+# an ensemble's outputs when one of them also feeds another step.
+PROMPT_LABEL = TensorSpec("prompt_label", "BYTES", (1,))
 
 
 @dataclass(frozen=True)

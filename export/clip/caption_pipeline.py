@@ -45,6 +45,7 @@ from triton_embeddings.names import (
     IMAGE,
     LABEL,
     PIXEL_VALUES,
+    PROMPT_LABEL,
     SCORES,
     ClipPipelineNames,
 )
@@ -145,12 +146,15 @@ def _write_caption_ensembles(
     if not caption.labels:
         return
     scores = SCORES.with_dims(len(caption.labels))
+    # The decoder passes the label on: see names.PROMPT_LABEL.
+    scores_map = {SCORES.name: SCORES.name}
+    outputs_map = {LABEL.name: LABEL.name, CAPTION.name: CAPTION.name}
     steps = [
         preprocess,
         EnsembleStep.chain(names.image_encoder, [PIXEL_VALUES], [EMBEDDING]),
-        EnsembleStep.chain(names.classifier, [EMBEDDING], [LABEL, scores]),
+        EnsembleStep(names.classifier, {EMBEDDING.name: EMBEDDING.name}, {LABEL.name: PROMPT_LABEL.name} | scores_map),
         image_tokens,
-        EnsembleStep.chain(names.caption_decoder, [tokens, LABEL], [CAPTION]),
+        EnsembleStep(names.caption_decoder, {tokens.name: tokens.name, LABEL.name: PROMPT_LABEL.name}, outputs_map),
     ]
     write_ensemble(
         staging / names.classify_caption,

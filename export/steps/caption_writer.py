@@ -26,8 +26,9 @@ def write_caption_decoder(
     decoding_step_max_batch_size: int,
     batching: Batching,
 ) -> None:
-    """IMAGE_TOKENS (and an optional LABEL to start from its prompt) -> CAPTION, calling the
-    `decoding_step` model through BLS for every token."""
+    """IMAGE_TOKENS (and an optional LABEL to start from its prompt) -> CAPTION, and LABEL
+    passed on (see names.PROMPT_LABEL), calling the `decoding_step` model through BLS for
+    every token."""
     add_python_model(model_dir, "caption_decoder")
     (version_dir(model_dir) / DECODING_FILE).write_text(settings.to_json(), encoding="utf-8")
     parameters = {
@@ -40,5 +41,5 @@ def write_caption_decoder(
         "logits": NEXT_TOKEN_LOGITS.name,
     }
     inputs = [model_config.model_input(image_tokens), model_config.model_input(LABEL, optional=True)]
-    config = model_config.python_model(name, inputs, [CAPTION], batching, parameters)
+    config = model_config.python_model(name, inputs, [CAPTION, LABEL], batching, parameters)
     model_config.write_config(config, model_dir)

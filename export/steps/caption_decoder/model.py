@@ -32,20 +32,21 @@ class TritonPythonModel:
         self.tokens_name, self.label_name = params["image_tokens"], params["label"]
         self.ids_name, self.logits_name = params["input_ids"], params["logits"]
         self.step_rows = int(params["decoding_step_max_batch_size"])
-        self.output_name = config["output"][0]["name"]
+        self.caption_name = config["output"][0]["name"]
 
     def execute(self, requests: list) -> list:
         responses: list = [None] * len(requests)
-        tokens, prefixes, owners = [], [], []
+        tokens, prefixes, owners, labels = [], [], [], []
         for index, request in enumerate(requests):
             try:
-                request_tokens, request_prefixes = self._read(request)
+                request_tokens, request_prefixes, request_labels = self._read(request)
             except ValueError as error:
                 responses[index] = _invalid(str(error))
                 continue
             tokens.append(request_tokens)
             prefixes.extend(request_prefixes)
             owners.extend([index] * len(request_prefixes))
+            labels.append(request_labels)
         if not tokens:
             return responses
         image_tokens = np.concatenate(tokens)
@@ -56,24 +57,27 @@ class TritonPythonModel:
             return [failure if response is None else response for response in responses]
         captions = np.array([detokenize(ids, self.settings).encode() for ids in sequences], dtype=np.object_)
         owners_array = np.array(owners)
-        for index in np.unique(owners_array).tolist():
+        for index, request_labels in zip(np.unique(owners_array).tolist(), labels, strict=True):
             rows = captions[owners_array == index].reshape(-1, 1)
-            responses[index] = pb_utils.InferenceResponse([pb_utils.Tensor(self.output_name, rows)])
+            outputs = [pb_utils.Tensor(self.caption_name, rows), pb_utils.Tensor(self.label_name, request_labels)]
+            responses[index] = pb_utils.InferenceResponse(outputs)
         return responses
 
-    def _read(self, request) -> tuple[np.ndarray, list[list[int]]]:
-        """The request's image tokens and, per image, the ids decoding starts from."""
+    def _read(self, request) -> tuple[np.ndarray, list[list[int]], np.ndarray]:
+        """The request's image tokens, per image the ids decoding starts from, and the labels
+        to pass on (empty without)."""
         tokens = pb_utils.get_input_tensor_by_name(request, self.tokens_name).as_numpy()
         label = pb_utils.get_input_tensor_by_name(request, self.label_name)
         if label is None:
-            return tokens, [self.settings.prefix() for _ in range(len(tokens))]
+            empty = np.full((len(tokens), 1), b"", dtype=np.object_)
+            return tokens, [self.settings.prefix() for _ in range(len(tokens))], empty
         labels = [value.decode("utf-8", errors="replace") for value in label.as_numpy().reshape(-1)]
         if len(labels) != len(tokens):
             raise ValueError(f"{len(labels)} labels for {len(tokens)} images")
         unknown = sorted({value for value in labels if value not in self.settings.prompts})
         if unknown:
             raise ValueError(f"{self.label_name} {unknown[0]!r} is not one of the exported labels")
-        return tokens, [self.settings.prefix(value) for value in labels]
+        return tokens, [self.settings.prefix(value) for value in labels], label.as_numpy().reshape(-1, 1)
 
     def _step(self, image_tokens: np.ndarray, ids: np.ndarray) -> np.ndarray:
         """The decoding step's logits, in calls of at most its max batch size (beams
