@@ -26,12 +26,14 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from export.clip.caption import CaptionOptions
+from export.clip.caption import CaptionOptions, check_caption_onnx, decoding_settings, export_caption_onnx
+from export.clip.model import load_clip_model
 from export.clip.pipeline import ClipExportOptions, export_clip
 from export.errors import InvalidArgumentError
 from export.serving.server import ServerOptions, TritonServer, free_port
 from export.steps.caption_decoder.decoding import DecodingSettings, greedy
 from export.tools.compare import cosine
+from export.validation import ExportValidationError
 from tests import images
 from tests.helpers import infer_bytes, post_infer
 from triton_embeddings.names import (
@@ -294,3 +296,22 @@ def test_caption_options_on_a_model_without_decoder_are_refused_by_name(tmp_path
     done = subprocess.run([*command, "--repository", str(tmp_path)], capture_output=True, text=True, timeout=300)
     assert done.returncode != 0
     assert "ViT-B-32 is not a CoCa model" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_export_check_refuses_a_decoding_step_that_drifted(coca, tmp_path: Path) -> None:
+    clip = load_clip_model(coca[0], None)
+    image_path, step_path = tmp_path / "image.onnx", tmp_path / "step.onnx"
+    export_caption_onnx(clip, image_path, step_path)
+    settings = decoding_settings(clip, CaptionOptions(), LABELS)
+    assert check_caption_onnx(clip, image_path, step_path, settings).min_cosine > 0.99999
+    with torch.no_grad():
+        clip.model.text_decoder.text_projection.neg_()  # the most likely token becomes the least
+    with pytest.raises(ExportValidationError, match=r"greedy captions: served ids .* differ from open_clip's"):
+        check_caption_onnx(clip, image_path, step_path, settings)
+
+
+def test_coca_without_captions_and_contradicting_flags(coca, tmp_path: Path) -> None:
+    export = export_clip(ClipExportOptions(coca[0], "plain", None, tmp_path, captions=False))
+    assert export.record.models == ClipPipelineNames("plain").models(classify=False)
+    with pytest.raises(InvalidArgumentError, match="--no-caption and --caption-\\* options contradict"):
+        export_clip(ClipExportOptions(coca[0], "x", None, tmp_path, caption=CaptionOptions(), captions=False))

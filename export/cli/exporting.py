@@ -86,6 +86,12 @@ def _add_clip(commands: argparse._SubParsersAction) -> None:
 def _add_caption_flags(clip: argparse.ArgumentParser) -> None:
     """CoCa models are captioned by default; these flags change how (other models refuse them)."""
     group = clip.add_argument_group("CoCa captions (coca_* models: NAME_caption, and NAME_classify_caption)")
+    flags.add_switch(
+        group,
+        "--caption",
+        "CoCa models: also write the caption pipelines; --no-caption: embeddings (and classify) only",
+        default=True,
+    )
     group.add_argument(
         "--caption-decoding", choices=("greedy", "beam"), help="how captions are decoded (default: greedy)"
     )
@@ -191,6 +197,7 @@ def _run_clip(args: argparse.Namespace) -> int:
         precision=args.precision,
         draft=args.draft,
         caption=_caption_options(args),
+        captions=args.caption,
         **flags.limits(args),
     )
     result = export_clip(options)

@@ -66,13 +66,16 @@ class CaptionExport:
 
 
 def captions_for(
-    arch: str, pretrained: str | None, clip: ClipModel, asked: CaptionOptions | None
+    arch: str, pretrained: str | None, clip: ClipModel, asked: CaptionOptions | None, *, wanted: bool = True
 ) -> CaptionOptions | None:
-    """CoCa models are captioned (with `asked`, else the defaults); other models are not, and
-    refuse caption options by name. Random CoCa weights get their decoder projection set."""
+    """CoCa models are captioned (with `asked`, else the defaults) unless not `wanted`; other
+    models are not, and refuse caption options by name. Random CoCa weights get their decoder
+    projection set."""
+    if asked is not None and not wanted:
+        raise InvalidArgumentError("--no-caption and --caption-* options contradict each other")
     if asked is not None:
         require_coca(arch, clip.model)
-    if not is_coca(clip.model):
+    if not wanted or not is_coca(clip.model):
         return None
     if pretrained == "none":
         initialize_random_decoder(clip.model)

@@ -65,6 +65,7 @@ class ClipExportOptions:
     max_image_bytes: int = PreprocessSettings.max_bytes
     max_pixels: int = PreprocessSettings.max_pixels
     caption: CaptionOptions | None = None  # CoCa captions as asked; None: CoCa models get the defaults
+    captions: bool = True  # False: CoCa models get their embedding (and classify) pipelines only
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,7 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
         check_caption_serving(options.serving)
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)
     classify = bool(options.labels)
-    captions = captions_for(options.arch, options.pretrained, clip, options.caption)
+    captions = captions_for(options.arch, options.pretrained, clip, options.caption, wanted=options.captions)
     record = PipelineRecord(
         name=names.name,
         kind="clip",
