@@ -35,8 +35,7 @@ from export.repository.config import Batching, EnsembleStep
 from export.repository.layout import version_dir
 from export.repository.records import PipelineRecord
 from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
-from export.steps.caption_writer import write_caption_decoder
-from export.steps.writers import classifier_parameters
+from export.steps.writers import classifier_parameters, write_caption_decoder
 from export.validation import Agreement
 from triton_embeddings.names import (
     CAPTION,

@@ -21,17 +21,21 @@ from export.repository import config as model_config
 from export.repository.config import Batching
 from export.repository.layout import version_dir
 from export.steps.admission import AdmissionSettings
+from export.steps.caption_decoder.decoding import DecodingSettings
 from export.steps.image_preprocess.image_processing import PreprocessSettings
 from export.steps.index.actions import IndexSettings
 from export.steps.tokenizer.tokenization import CLEANERS, load_tokenizer, token_arrays
 from triton_embeddings.names import (
     ACTION,
+    CAPTION,
+    CLIP_INPUT_IDS,
     COUNT,
     EMBEDDING,
     FILTER,
     ID,
     IDS,
     LABEL,
+    NEXT_TOKEN_LOGITS,
     PAYLOAD,
     PAYLOADS,
     SCORES,
@@ -43,6 +47,7 @@ STEPS = Path(__file__).parent  # one folder per step kind: model.py and its help
 SHARED_MODULES = (STEPS / "admission.py",)  # helpers of several steps, copied beside each model.py
 TOKENIZER_FILE = "tokenizer.json"
 LABEL_EMBEDDINGS_FILE = "label_embeddings.npy"
+DECODING_FILE = "decoding.json"
 
 
 def add_python_model(model_dir: Path, kind: str) -> Path:
@@ -187,4 +192,32 @@ def write_index(model_dir: Path, name: str, settings: IndexSettings, max_batch_s
     inputs = [model_config.model_input(spec, optional=True) for spec in specs.values()]
     batching = Batching(max_batch_size=max_batch_size)
     config = model_config.python_model(name, inputs, INDEX_OUTPUTS.values(), batching, settings.parameters())
+    model_config.write_config(config, model_dir)
+
+
+def write_caption_decoder(
+    model_dir: Path,
+    name: str,
+    settings: DecodingSettings,
+    image_tokens: TensorSpec,
+    decoding_step: str,
+    decoding_step_max_batch_size: int,
+    batching: Batching,
+) -> None:
+    """IMAGE_TOKENS (and an optional LABEL to start from its prompt) -> CAPTION, and LABEL
+    passed on (see names.PROMPT_LABEL), calling the `decoding_step` model through BLS for
+    every token."""
+    add_python_model(model_dir, "caption_decoder")
+    (version_dir(model_dir) / DECODING_FILE).write_text(settings.to_json(), encoding="utf-8")
+    parameters = {
+        "settings_file": DECODING_FILE,
+        "decoding_step": decoding_step,
+        "decoding_step_max_batch_size": str(decoding_step_max_batch_size),
+        "image_tokens": image_tokens.name,
+        "label": LABEL.name,
+        "input_ids": CLIP_INPUT_IDS.name,
+        "logits": NEXT_TOKEN_LOGITS.name,
+    }
+    inputs = [model_config.model_input(image_tokens), model_config.model_input(LABEL, optional=True)]
+    config = model_config.python_model(name, inputs, [CAPTION, LABEL], batching, parameters)
     model_config.write_config(config, model_dir)
