@@ -68,6 +68,11 @@ def is_coca(model: torch.nn.Module) -> bool:
 
 
 def require_coca(arch: str, model: torch.nn.Module) -> None:
+    if hasattr(model, "text_decoder") and not is_coca(model):
+        raise InvalidArgumentError(
+            f"{arch}: captions are supported for CoCa models with open_clip's own text tower, "
+            f"not {type(getattr(model, 'text', None)).__name__}"
+        )
     if not is_coca(model):
         raise InvalidArgumentError(
             f"{arch} is not a CoCa model: captions (--caption-*) need a coca_* architecture, "
@@ -163,7 +168,8 @@ def export_caption_onnx(clip: ClipModel, image_path: Path, step_path: Path, *, o
     ids_spec, logits = CLIP_INPUT_IDS, logits_spec(clip)
     with _traceable():
         image_tokens = clip.model._encode_image(pixels)[1]
-        ids = torch.tensor([[49406, 320, 1125, 539], [49406, 0, 539, 320]], dtype=torch.int32)
+        start = int(clip.reference_tokenizer.sot_token_id)
+        ids = torch.tensor([[start, 320, 1125, 539], [start, 0, 539, 320]], dtype=torch.int32)
         for module, args, inputs, output, path in (
             (_ImageTokens(clip.model), (pixels,), [PIXEL_VALUES], tokens_spec, image_path),
             (_DecodingStep(clip.model), (image_tokens, ids), [tokens_spec, ids_spec], logits, step_path),
