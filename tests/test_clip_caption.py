@@ -10,6 +10,7 @@ weights: captions are random tokens, parity is what is tested.
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import io
 import json
@@ -36,6 +37,7 @@ from export.tools.compare import cosine
 from export.validation import ExportValidationError
 from tests import images
 from tests.helpers import infer_bytes, post_infer
+from triton_embeddings import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 from triton_embeddings.names import (
     CAPTION,
     CLIP_INPUT_IDS,
@@ -315,3 +317,21 @@ def test_coca_without_captions_and_contradicting_flags(coca, tmp_path: Path) -> 
     assert export.record.models == ClipPipelineNames("plain").models(classify=False)
     with pytest.raises(InvalidArgumentError, match="--no-caption and --caption-\\* options contradict"):
         export_clip(ClipExportOptions(coca[0], "x", None, tmp_path, caption=CaptionOptions(), captions=False))
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http"])
+def test_the_client_captions(caption_server, client, protocol: str) -> None:
+    names, items = ClipPipelineNames(GREEDY), sample_cases()
+    expected = served_captions(client, names.caption, items)
+    url = caption_server.options.grpc_url if protocol == "grpc" else caption_server.options.http_url
+    with EmbeddingClient(url, protocol) as embeddings:
+        assert embeddings.caption(names.caption, items) == expected
+        assert embeddings.caption(names.classify_caption, items[:1])[0].startswith("a photo of ")
+        with pytest.raises(EmbeddingError, match="not a caption pipeline"):
+            embeddings.caption(names.image, items)
+
+    async def captions() -> list[str]:
+        async with AsyncEmbeddingClient(url, protocol) as embeddings:
+            return await embeddings.caption(names.caption, items)
+
+    assert asyncio.run(captions()) == expected

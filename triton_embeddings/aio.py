@@ -81,6 +81,10 @@ class AsyncEmbeddingClient:
         """(best label, scores in `labels(model)` order) per image."""
         return await self._send(self._jobs.classify(await self.pipeline(model), images))
 
+    async def caption(self, model: str, images: Sequence[ImageInput]) -> list[str]:
+        """A caption per image, in order (CoCa pipelines: NAME_caption)."""
+        return await self._send(self._jobs.caption(await self.pipeline(model), images))
+
     async def labels(self, model: str) -> tuple[str, ...]:
         return (await self.pipeline(model)).labels
 

@@ -100,6 +100,10 @@ class EmbeddingClient:
         """(best label, scores in `labels(model)` order) per image."""
         return self._send(self._jobs.classify(self.pipeline(model), images))
 
+    def caption(self, model: str, images: Sequence[ImageInput]) -> list[str]:
+        """A caption per image, in order (CoCa pipelines: NAME_caption)."""
+        return self._send(self._jobs.caption(self.pipeline(model), images))
+
     def labels(self, model: str) -> tuple[str, ...]:
         return self.pipeline(model).labels
 

@@ -353,6 +353,17 @@ class Jobs:
 
         return self._job(pipeline, name, images_bytes(images), [label, scores], finish)
 
+    def caption(self, pipeline: Pipeline, images: Sequence[ImageInput]) -> Job[list[str]]:
+        """CAPTION per image (a CoCa `_caption` or `_classify_caption` ensemble)."""
+        output = names.CAPTION.name
+        if output not in pipeline.outputs:
+            raise EmbeddingError(pipeline.name, f"not a caption pipeline: no {output} output, {list(pipeline.outputs)}")
+
+        def finish(replies: list[Any]) -> list[str]:
+            return [text.decode() for text in self._concatenate(pipeline, replies, output).reshape(-1)]
+
+        return self._job(pipeline, pipeline.input, images_bytes(images), [output], finish)
+
     # Search (docs/search.md): which model a call goes to, then the job.
 
     @staticmethod
