@@ -317,6 +317,10 @@ def test_coca_without_captions_and_contradicting_flags(coca, tmp_path: Path) -> 
     assert export.record.models == ClipPipelineNames("plain").models(classify=False)
     with pytest.raises(InvalidArgumentError, match="--no-caption and --caption-\\* options contradict"):
         export_clip(ClipExportOptions(coca[0], "x", None, tmp_path, caption=CaptionOptions(), captions=False))
+    too_long = CaptionOptions(max_new_tokens=80)
+    with pytest.raises(InvalidArgumentError, match="make 81 tokens; the text decoder takes at most 75"):
+        export_clip(ClipExportOptions(coca[0], "x", None, tmp_path, caption=too_long))
+    assert not (tmp_path / "x_caption").exists()
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http"])

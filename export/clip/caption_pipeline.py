@@ -47,6 +47,7 @@ from triton_embeddings.names import (
     PROMPT_LABEL,
     SCORES,
     ClipPipelineNames,
+    TensorSpec,
 )
 
 # The decoding step's warm-up length: a start token and a short prompt.
@@ -100,8 +101,8 @@ def write_captions(
     steps_batching, encoder_batching = batching
     image_onnx = version_dir(staging / names.caption_image_encoder) / ONNX_FILE
     step_onnx = version_dir(staging / names.caption_decoding_step) / ONNX_FILE
+    settings = decoding_settings(clip, caption.options, caption.labels)  # refuses prompts too long, first
     export_caption_onnx(clip, image_onnx, step_onnx, opset=caption.opset)
-    settings = decoding_settings(clip, caption.options, caption.labels)
     agreement = check_caption_onnx(clip, image_onnx, step_onnx, settings)
 
     tokens, pixels = image_tokens_spec(clip), clip.image_input
@@ -133,7 +134,7 @@ def write_captions(
 def _write_caption_ensembles(
     staging: Path,
     names: ClipPipelineNames,
-    tokens,
+    tokens: TensorSpec,
     caption: CaptionExport,
     max_batch_size: int,
     record: PipelineRecord,
