@@ -42,12 +42,12 @@ def precision_pass(
     precision: str,
     onnx_files: Sequence[Path],
     check: Callable[..., Checked],
-    calibration: Callable[[], Iterable[dict[str, np.ndarray]]] | None = None,
+    calibration: Sequence[Callable[[], Iterable[dict[str, np.ndarray]]]] = (),
 ) -> Checked:
     """Check the fp32 graphs with `check(**tolerance)`; for fp16 or int8, convert them in place
     and check again with that precision's tolerance. Returns the last check's result.
 
-    int8 takes one graph and the `calibration` inputs that set its scales."""
+    int8 takes, per graph, the `calibration` inputs that set its scales."""
     checked = check()
     if precision == "fp16":
         from export.precision.fp16 import convert_to_fp16
@@ -58,9 +58,10 @@ def precision_pass(
     elif precision == "int8":
         from export.precision.int8 import quantize_int8
 
-        if calibration is None or len(onnx_files) != 1:
-            raise ValueError("int8 takes one graph and calibration inputs")
-        quantize_int8(onnx_files[0], calibration())
+        if len(calibration) != len(onnx_files):
+            raise ValueError("int8 takes calibration inputs for each graph")
+        for path, feeds in zip(onnx_files, calibration, strict=True):
+            quantize_int8(path, feeds())
         checked = check(**INT8_AGREEMENT)
     return checked
 

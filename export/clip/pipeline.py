@@ -18,7 +18,7 @@ from export import runtimes
 from export.clip.caption import CaptionOptions
 from export.clip.caption_pipeline import CaptionExport, captions_for, check_caption_serving, write_captions
 from export.clip.model import ClipModel, load_clip_model
-from export.clip.trace import check_clip_onnx, export_clip_onnx, label_embeddings
+from export.clip.trace import calibration_feeds, check_clip_onnx, export_clip_onnx, label_embeddings
 from export.errors import InvalidArgumentError
 from export.exporter import pre_checks, precision_pass, write_ensemble
 from export.repository.config import Batching, EnsembleStep
@@ -121,11 +121,14 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
             options.precision,
             [text_onnx, image_onnx],
             lambda **tolerance: check_clip_onnx(clip, text_onnx, image_onnx, **tolerance),
+            calibration=calibration_feeds(clip),
         )
 
         ids, pixels, embedding = clip.text_input, clip.image_input, clip.embedding
         for encoder_name, encoder_input in ((names.text_encoder, ids), (names.image_encoder, pixels)):
-            encoder = EncoderModel(encoder_name, [encoder_input], embedding, encoder_batching)
+            encoder = EncoderModel(
+                encoder_name, [encoder_input], embedding, encoder_batching, precision=options.precision
+            )
             runtimes.write_encoder(staging / encoder_name, encoder, options.serving)
         tokenizer = replace(clip.tokenizer, max_text_bytes=options.max_text_bytes)
         serving = options.serving

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -136,6 +137,26 @@ def check_clip_onnx(
             "image tower: served preprocessing + ONNX vs open_clip", image_got, image_expected, **tolerance
         ),
     )
+
+
+def calibration_feeds(clip: ClipModel, texts: int = 256, images: int = 64, batch: int = 16):
+    """For int8: feeds of each tower's graph that set its activation scales, generated texts of
+    every length as the served tokenizer gives them, and photo-like JPEGs of several sizes as
+    the served preprocessing gives them. Returns (text feeds, image feeds), each a callable."""
+    from export.tools import payloads
+
+    def text_feeds() -> Iterator[dict[str, np.ndarray]]:
+        generated = payloads.texts(texts, seed=7)
+        for start in range(0, len(generated), batch):
+            yield {CLIP_INPUT_IDS.name: _served_ids(clip, generated[start : start + batch])}
+
+    def image_feeds() -> Iterator[dict[str, np.ndarray]]:
+        generated = payloads.images(images, seed=7)
+        for start in range(0, len(generated), batch):
+            pixels = [preprocess(image, clip.preprocess) for image in generated[start : start + batch]]
+            yield {PIXEL_VALUES.name: np.stack(pixels)}
+
+    return text_feeds, image_feeds
 
 
 def label_embeddings(clip: ClipModel, labels: list[str], templates: list[str]) -> np.ndarray:

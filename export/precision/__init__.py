@@ -1,7 +1,7 @@
 """Encoder precision: fp32 as exported, fp16 for GPUs, int8 for CPUs.
 
 fp16 (fp16.py) halves the file and, on GPUs with tensor cores, the time. int8 (int8.py) is for
-text pipelines on the python runtime. Either graph is checked against the reference library
+the python runtime (CPUs): text encoders and both CLIP towers. Either graph is checked against the reference library
 like any other, with the tolerances below.
 """
 
@@ -20,10 +20,8 @@ INT8_AGREEMENT = {"min_cosine": 0.99, "max_abs_diff": 0.1}
 def check_precision(precision: str, *, kind: str, runtime: str) -> str:
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
-    if precision == "int8" and (kind != "text" or runtime != "python"):
+    if precision == "int8" and runtime != "python":
         # The int8 graph's MatMulIntegerToFloat is an ONNX Runtime CPU operator, which TensorRT
         # does not have; on GPUs fp16 is the fast choice.
-        raise InvalidArgumentError(
-            f"int8 is for text pipelines on the python runtime (CPU), not {kind} on {runtime}; use fp16 on GPUs"
-        )
+        raise InvalidArgumentError(f"int8 is for the python runtime (CPU), not {runtime}; use fp16 on GPUs")
     return precision

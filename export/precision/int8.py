@@ -61,6 +61,7 @@ def quantize_int8(path: Path, calibration: Iterable[Mapping[str, np.ndarray]]) -
 
     model = onnx.load(str(path))
     weights = {init.name: init for init in model.graph.initializer}
+    _gemms_as_matmuls(model, weights)
     consumers = _weight_matmuls(model, weights)
     smoothed = {
         activation: nodes for activation, nodes in consumers.items() if not _down_projection(weights[nodes[0].input[1]])
@@ -68,6 +69,38 @@ def quantize_int8(path: Path, calibration: Iterable[Mapping[str, np.ndarray]]) -
     _smooth(model, smoothed, weights, _activation_peaks(model, smoothed, calibration))
     _quantize(model, _weight_matmuls(model, weights), weights)
     onnx.save(model, str(path))
+
+
+def _gemms_as_matmuls(model, weights: dict) -> None:
+    """Gemm nodes with a constant weight as MatMul + Add, so the quantizer sees them too. The
+    tracer emits Gemm for a linear layer on 2-D input: attention output projections of
+    open_clip's towers (12 % of ViT-B-32's image tower time, left fp32 otherwise)."""
+    from onnx import helper, numpy_helper
+
+    nodes, replaced = [], set()
+    for node in model.graph.node:
+        attributes = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        weight = weights.get(node.input[1]) if node.op_type == "Gemm" else None
+        plain = attributes.get("alpha", 1.0) == 1.0 and attributes.get("beta", 1.0) == 1.0
+        if weight is None or not plain or attributes.get("transA", 0) or node.input[0] in weights:
+            nodes.append(node)
+            continue
+        replaced.add(weight.name)
+        array = numpy_helper.to_array(weight)
+        if attributes.get("transB", 0):
+            array = array.T
+        name = f"{weight.name}_as_matmul"
+        weights[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
+        model.graph.initializer.append(weights[name])
+        product = node.output[0] if len(node.input) < 3 else f"{node.output[0]}_product"
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}_matmul"))
+        if len(node.input) == 3:
+            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    used = {name for node in nodes for name in node.input}
+    for original in replaced - used:  # the originals, now transposed copies
+        model.graph.initializer.remove(weights.pop(original))
 
 
 def _weight_matmuls(model, weights: Mapping) -> dict[str, list]:

@@ -81,7 +81,7 @@ def export_text(options: TextExportOptions) -> TextExport:
             options.precision,
             [onnx_path],
             lambda **tolerance: check_text_onnx(text_model, onnx_path, **tolerance),
-            calibration=lambda: _calibration_feeds(text_model),
+            calibration=[lambda: _calibration_feeds(text_model)],
         )
         longest = text_model.tokenizer.max_length
         encoder = EncoderModel(
