@@ -33,6 +33,7 @@ IMPATIENT = "tiny-bert-impatient"  # rejects a request after 50 ms in a queue
 IMPATIENT_TIMEOUT_MS = 50
 CACHED = "tiny-bert-cached"  # exported with --response-cache
 INT8 = DEFAULT_INT8_PIPELINE
+CLIP_INT8 = "clip-vit-b-32-int8"  # clip-vit-b-32's weights, --precision int8, with its labels
 CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
 CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
 DOCS = "docs"  # a search collection over the default text pipeline (embedded engine)
@@ -79,6 +80,13 @@ def repository(
         labels = CLIP_LABELS if name == "clip-vit-b-32" else ()
         options = ClipExportOptions(clip.arch, name, clip.pretrained, repo, labels=labels, templates=CLIP_TEMPLATES)
         export_clip(options)
+    vit = clip_models["clip-vit-b-32"]
+    labels, templates = CLIP_LABELS, CLIP_TEMPLATES
+    export_clip(
+        ClipExportOptions(
+            vit.arch, CLIP_INT8, vit.pretrained, repo, labels=labels, templates=templates, precision="int8"
+        )
+    )
     export_collection(CollectionOptions(DOCS, DEFAULT_TEXT_PIPELINE, repo))
     export_collection(CollectionOptions(PHOTOS, "clip-vit-b-32", repo, max_top_k=100))
     return repo
