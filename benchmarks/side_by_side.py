@@ -15,10 +15,16 @@ Image: CLIP ViT-B-32 (random weights, the real architecture's cost) on 640x480 J
 image pipeline over gRPC (perf_analyzer) against Pillow + onnxruntime in-process, batch 1
 and 32, preprocessing included.
 
-Load generators are compiled (perf_analyzer, wrk) and their CPU share is reported. Writes
-text and image tables (markdown) and charts (PNG) to --out.
+GPU proxy (`--rows tiny`, benchmarks/gpu_proxy.py): the same texts and tokenizer with a
+2-layer, 32-wide random BERT as the encoder, so the serving path dominates as on a GPU: the
+ensemble over gRPC and HTTP, the FastAPI gateway, infinity-emb and onnxruntime in-process on
+that tiny model.
 
-    .venv/bin/python -m benchmarks.side_by_side [--seconds 10] [--concurrency 1 8 32] [--out reports/bench]
+Load generators are compiled (perf_analyzer, wrk) and their CPU share is reported. Writes
+text, tiny and image tables (markdown) and charts (PNG) to --out.
+
+    .venv/bin/python -m benchmarks.side_by_side [--seconds 10] [--concurrency 1 8 32] [--rows minilm tiny]
+        [--out reports/bench]
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from benchmarks.common import (
     time_calls,
     triton,
 )
+from benchmarks.gpu_proxy import TINY_PIPELINE, tiny_model_folder
 from export.serving.server import TritonServer, free_port
 from export.steps.image_preprocess.image_processing import PreprocessSettings, preprocess
 from export.text.default_model import default_model_path
@@ -61,15 +68,21 @@ Load = Callable[[int], list[Row]]  # one system, measured at one concurrency
 INFINITY = Path(__file__).resolve().parent.parent / ".bench" / "infinity" / "bin" / "infinity_emb"
 CLIP = ClipPipelineNames("clip-vit-b-32")
 INT8 = TextPipelineNames(DEFAULT_INT8_PIPELINE)
+TINY = "tiny:"  # the GPU-proxy rows' prefix
+TINY_STABILITY = 200  # percent: sub-millisecond p99s swing more than 50% between windows here
 
 
-def export_models(repository: Path) -> None:
+def export_models(repository: Path, rows: list[str], images: bool, tiny_folder: Path) -> None:
     from export.clip.pipeline import ClipExportOptions, export_clip
     from export.text.pipeline import TextExportOptions, export_text
 
-    export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
-    export_text(TextExportOptions(str(default_model_path()), DEFAULT_INT8_PIPELINE, repository, precision="int8"))
-    export_clip(ClipExportOptions("ViT-B-32", CLIP.name, "none", repository))
+    if "minilm" in rows:
+        export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
+        export_text(TextExportOptions(str(default_model_path()), DEFAULT_INT8_PIPELINE, repository, precision="int8"))
+    if "tiny" in rows:
+        export_text(TextExportOptions(str(tiny_model_folder(tiny_folder)), TINY_PIPELINE, repository))
+    if images:
+        export_clip(ClipExportOptions("ViT-B-32", CLIP.name, "none", repository))
 
 
 def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[Row]:
@@ -91,6 +104,40 @@ def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[
     return rows
 
 
+def in_process_tiny(repository: Path, texts: list[str], seconds: float) -> list[Row]:
+    """The tiny encoder in-process: the floor a served request could reach."""
+    names = TextPipelineNames(TINY_PIPELINE)
+    encode = onnx_text_encoder(repository / names.tokenizer, repository / names.encoder)
+    rows = []
+    for batch in (1, 32):
+        pick = batches(texts, batch)
+        rate, p50, p99 = time_calls(lambda i, pick=pick: encode(pick(i)), batch, seconds)
+        rows.append(Row(f"{TINY} onnxruntime in-process, batch {batch}", None, rate, p50, p99))
+    return rows
+
+
+def served_tiny(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:
+    """The tiny pipeline's ensemble over gRPC and HTTP (perf_analyzer)."""
+    input_file = write_input_data(work / "tiny", TEXT, texts)
+
+    def load(level: int) -> list[Row]:
+        return [
+            perf_row(
+                f"{TINY} Triton {protocol} (perf_analyzer)",
+                TINY_PIPELINE,
+                url,
+                input_file,
+                level,
+                seconds,
+                protocol,
+                stability_percentage=TINY_STABILITY,
+            )
+            for protocol, url in (("grpc", server.options.grpc_url), ("http", server.options.http_url))
+        ]
+
+    return load
+
+
 def served_text(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:
     """Triton over gRPC and HTTP (perf_analyzer), and Triton's HTTP JSON endpoint (wrk)."""
     input_file = write_input_data(work, TEXT, texts)
@@ -109,9 +156,18 @@ def served_text(server: TritonServer, texts: list[str], seconds: float, work: Pa
     return load
 
 
-def gateway(stack: ExitStack, server: TritonServer, repository: Path, texts: list[str], seconds: float, work: Path):
+def gateway(
+    stack: ExitStack,
+    server: TritonServer,
+    repository: Path,
+    texts: list[str],
+    seconds: float,
+    work: Path,
+    pipeline: str = DEFAULT_TEXT_PIPELINE,
+    label: str = "",
+) -> Load:
     """The FastAPI gateway (benchmarks/fastapi_gateway.py) in front of the same Triton."""
-    names = TextPipelineNames(DEFAULT_TEXT_PIPELINE)
+    names = TextPipelineNames(pipeline)
     port = free_port()
     env = os.environ | {
         "GATEWAY_TRITON": server.options.grpc_url,
@@ -119,24 +175,24 @@ def gateway(stack: ExitStack, server: TritonServer, repository: Path, texts: lis
         "GATEWAY_TOKENIZER": str(repository / names.tokenizer),
     }
     command = [sys.executable, "-m", "uvicorn", "benchmarks.fastapi_gateway:app", "--port", str(port)]
-    stack.enter_context(service(command, f"http://127.0.0.1:{port}/docs", work / "gateway.log", env))
+    stack.enter_context(service(command, f"http://127.0.0.1:{port}/docs", work / f"gateway{label}.log", env))
     url, bodies = f"http://127.0.0.1:{port}/embed", [{"text": t} for t in texts]
     run_wrk("warm-up", url, bodies, 2, 2)
-    return lambda level: [run_wrk("FastAPI gateway (wrk)", url, bodies, level, seconds)]
+    return lambda level: [run_wrk(f"{label}FastAPI gateway (wrk)".lstrip(), url, bodies, level, seconds)]
 
 
-def infinity(stack: ExitStack, texts: list[str], seconds: float, work: Path) -> Load:
+def infinity(stack: ExitStack, texts: list[str], seconds: float, work: Path, folder: Path, label: str = "") -> Load:
     """infinity-emb on the same local folder, torch on the CPU, its defaults otherwise."""
     port = free_port()
     command = [
-        str(INFINITY), "v2", "--model-id", str(default_model_path()), "--served-model-name", "minilm",
+        str(INFINITY), "v2", "--model-id", str(folder), "--served-model-name", "minilm",
         "--engine", "torch", "--device", "cpu", "--host", "127.0.0.1", "--port", str(port),
     ]  # fmt: skip
     env = os.environ | {"HF_HUB_OFFLINE": "1", "INFINITY_ANONYMOUS_USAGE_STATS": "0", "DO_NOT_TRACK": "1"}
-    stack.enter_context(service(command, f"http://127.0.0.1:{port}/health", work / "infinity.log", env))
+    stack.enter_context(service(command, f"http://127.0.0.1:{port}/health", work / f"infinity{label}.log", env))
     url, bodies = f"http://127.0.0.1:{port}/embeddings", [{"model": "minilm", "input": [t]} for t in texts]
     run_wrk("warm-up", url, bodies, 2, 2)
-    return lambda level: [run_wrk("infinity-emb (wrk)", url, bodies, level, seconds)]
+    return lambda level: [run_wrk(f"{label}infinity-emb (wrk)".lstrip(), url, bodies, level, seconds)]
 
 
 def images(server: TritonServer, repository: Path, levels: list[int], seconds: float, work: Path) -> list[Row]:
@@ -172,35 +228,67 @@ def batches(items: list, batch: int):
     return lambda i: [items[(i * batch + k) % len(items)] for k in range(batch)]
 
 
+def served_loads(
+    stack: ExitStack, server: TritonServer, repository: Path, texts: list[str], args: argparse.Namespace, work: Path
+) -> tuple[list[Load], list[Load]]:
+    """(MiniLM loads, tiny loads): every server started before any is measured."""
+    minilm, tiny = [], []
+    if "minilm" in args.rows:
+        minilm.append(served_text(server, texts, args.seconds, work))
+        if "gateway" not in args.skip:
+            minilm.append(gateway(stack, server, repository, texts, args.seconds, work))
+    if "tiny" in args.rows:
+        tiny.append(served_tiny(server, texts, args.seconds, work))
+        if "gateway" not in args.skip:
+            tiny.append(gateway(stack, server, repository, texts, args.seconds, work, TINY_PIPELINE, f"{TINY} "))
+    if "infinity" not in args.skip:
+        if not INFINITY.exists():
+            print(f"infinity-emb skipped: {INFINITY} is missing (make bench-tools)", file=sys.stderr)
+        else:
+            if "minilm" in args.rows:
+                minilm.append(infinity(stack, texts, args.seconds, work, default_model_path()))
+            if "tiny" in args.rows:
+                tiny.append(infinity(stack, texts, args.seconds, work, work / "tiny_model", f"{TINY} "))
+    return minilm, tiny
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=10, help="measurement per system and concurrency")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument("--skip", nargs="*", default=[], choices=["infinity", "gateway", "images", "in-process"])
+    parser.add_argument(
+        "--rows", nargs="+", default=["minilm", "tiny"], choices=["minilm", "tiny"],
+        help="text row sets: all-MiniLM-L6-v2, and the GPU proxy (a tiny encoder; images run with minilm only)",
+    )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     texts = payloads.short_texts(2000, seed=7)
+    with_images = "images" not in args.skip and "minilm" in args.rows
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         work, repository = Path(folder), Path(folder) / "model_repository"
-        export_models(repository)
-        text_rows = [] if "in-process" in args.skip else in_process_text(repository, texts, args.seconds)
+        (work / "tiny").mkdir()
+        export_models(repository, args.rows, with_images, work / "tiny_model")
+        text_rows, tiny_rows = [], []
+        if "in-process" not in args.skip:
+            text_rows = in_process_text(repository, texts, args.seconds) if "minilm" in args.rows else []
+            tiny_rows = in_process_tiny(repository, texts, args.seconds) if "tiny" in args.rows else []
         server = stack.enter_context(triton(repository, work / "triton.log"))
         # Every server is up before any is measured, and each concurrency level measures them
         # one after the other: drifts of this shared machine then hit all systems alike.
-        loads = [served_text(server, texts, args.seconds, work)]
-        if "gateway" not in args.skip:
-            loads.append(gateway(stack, server, repository, texts, args.seconds, work))
-        if "infinity" not in args.skip:
-            if INFINITY.exists():
-                loads.append(infinity(stack, texts, args.seconds, work))
-            else:
-                print(f"infinity-emb skipped: {INFINITY} is missing (make bench-tools)", file=sys.stderr)
+        minilm, tiny = served_loads(stack, server, repository, texts, args, work)
         for level in args.concurrency:
-            for load in loads:
+            for load in minilm:
                 text_rows += load(level)
-        image_rows = [] if "images" in args.skip else images(server, repository, args.concurrency, args.seconds, work)
-    results = (("Text, all-MiniLM-L6-v2", text_rows, "text"), ("Image, CLIP ViT-B-32 640x480", image_rows, "image"))
+            for load in tiny:
+                tiny_rows += load(level)
+        image_rows = images(server, repository, args.concurrency, args.seconds, work) if with_images else []
+    results = (
+        ("Text, all-MiniLM-L6-v2", text_rows, "text"),
+        ("GPU proxy: tiny BERT (2 layers, 32 wide), MiniLM's tokenizer", tiny_rows, "tiny"),
+        ("Image, CLIP ViT-B-32 640x480", image_rows, "image"),
+    )
     for title, rows, name in results:
         if rows:
             table = markdown(rows)
