@@ -47,3 +47,81 @@ def tiny_model_folder(folder: Path) -> Path:
     settings = json.loads(pooling.read_text())
     pooling.write_text(json.dumps(settings | {"word_embedding_dimension": TINY_BERT["hidden_size"]}, indent=2))
     return folder
+
+
+STAGES = ("queue", "compute_input", "compute_infer", "compute_output")
+
+
+def model_statistics(grpc_url: str, models: list[str]) -> dict[str, dict[str, float]]:
+    """Triton's cumulative per-model statistics (gRPC statistics API): ns per stage, counts."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(grpc_url)
+    stats = {}
+    for model in models:
+        (entry,) = client.get_inference_statistics(model, as_json=True)["model_stats"]
+        inference = entry["inference_stats"]
+        figures = {stage: float(inference.get(stage, {}).get("ns", 0)) for stage in STAGES}
+        figures["requests"] = float(inference.get("success", {}).get("count", 0))
+        figures["executions"] = float(entry.get("execution_count", 0))
+        stats[model] = figures
+    return stats
+
+
+def breakdown(before: dict, after: dict) -> list[tuple[str, float, float, dict[str, float]]]:
+    """(model, requests per execution, total us per request, us per request per stage) between two snapshots."""
+    rows = []
+    for model in after:
+        delta = {key: after[model][key] - before[model][key] for key in after[model]}
+        requests = max(delta["requests"], 1)
+        stages = {stage: delta[stage] / requests / 1000 for stage in STAGES}
+        rows.append((model, requests / max(delta["executions"], 1), sum(stages.values()), stages))
+    return rows
+
+
+def profile(levels: list[int], seconds: float, out: Path) -> None:
+    """perf_analyzer (gRPC) on the tiny ensemble at each concurrency, with Triton's own
+    per-step figures between the two snapshots around each run."""
+    import tempfile
+
+    from benchmarks.common import perf_row, triton
+    from export.text.pipeline import TextExportOptions, export_text
+    from export.tools import payloads
+    from export.tools.perf_analyzer import write_input_data
+    from triton_embeddings.names import TEXT, TextPipelineNames
+
+    names = TextPipelineNames(TINY_PIPELINE)
+    models = [names.ensemble, names.tokenizer, names.encoder]
+    lines = []
+    with tempfile.TemporaryDirectory() as folder:
+        work = Path(folder)
+        repository = work / "model_repository"
+        export_text(TextExportOptions(str(tiny_model_folder(work / "tiny_model")), TINY_PIPELINE, repository))
+        input_file = write_input_data(work, TEXT, payloads.short_texts(2000, seed=7))
+        with triton(repository, work / "triton.log") as server:
+            url = server.options.grpc_url
+            for level in levels:
+                before = model_statistics(url, models)
+                row = perf_row("grpc", TINY_PIPELINE, url, input_file, level, seconds, "grpc", stability_percentage=200)
+                after = model_statistics(url, models)
+                lines.append(f"concurrency {level}: {row.per_second:.0f}/s, p50 {row.p50_ms:.2f} ms\n")
+                lines.append("| model | requests/execution | us/request | " + " | ".join(STAGES) + " |")
+                lines.append("|---|---|---|" + "---|" * len(STAGES))
+                for model, merged, total, stages in breakdown(before, after):
+                    cells = " | ".join(f"{stages[stage]:.0f}" for stage in STAGES)
+                    lines.append(f"| {model} | {merged:.2f} | {total:.0f} | {cells} |")
+                lines.append("")
+    out.write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Triton's per-step time per request on the GPU-proxy pipeline")
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--seconds", type=float, default=6)
+    parser.add_argument("--out", type=Path, default=Path("reports/gpu-proxy-profile.md"))
+    args = parser.parse_args()
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    profile(args.concurrency, args.seconds, args.out)
