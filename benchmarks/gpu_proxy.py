@@ -79,9 +79,12 @@ def breakdown(before: dict, after: dict) -> list[tuple[str, float, float, dict[s
     return rows
 
 
-def profile(levels: list[int], seconds: float, out: Path) -> None:
+def profile(levels: list[int], seconds: float, out: Path, baseline: Path | None = None, rounds: int = 1) -> None:
     """perf_analyzer (gRPC) on the tiny ensemble at each concurrency, with Triton's own
-    per-step figures between the two snapshots around each run."""
+    per-step figures between the two snapshots around each run. `baseline`: another
+    encoder model.py (e.g. `git show HEAD~1:export/steps/onnx_encoder/model.py`), served as
+    a second pipeline on the same server and measured in turn with this one: a step's change
+    before and after, side by side."""
     import tempfile
 
     from benchmarks.common import perf_row, triton
@@ -90,29 +93,43 @@ def profile(levels: list[int], seconds: float, out: Path) -> None:
     from export.tools.perf_analyzer import write_input_data
     from triton_embeddings.names import TEXT, TextPipelineNames
 
-    names = TextPipelineNames(TINY_PIPELINE)
-    models = [names.ensemble, names.tokenizer, names.encoder]
+    pipelines = [TINY_PIPELINE] + ([f"{TINY_PIPELINE}-baseline"] if baseline else [])
     lines = []
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
         repository = work / "model_repository"
-        export_text(TextExportOptions(str(tiny_model_folder(work / "tiny_model")), TINY_PIPELINE, repository))
+        model = tiny_model_folder(work / "tiny_model")
+        for pipeline in pipelines:
+            export_text(TextExportOptions(str(model), pipeline, repository))
+        if baseline:
+            shutil.copyfile(baseline, repository / TextPipelineNames(pipelines[1]).encoder / "1" / "model.py")
         input_file = write_input_data(work, TEXT, payloads.short_texts(2000, seed=7))
         with triton(repository, work / "triton.log") as server:
             url = server.options.grpc_url
             for level in levels:
-                before = model_statistics(url, models)
-                row = perf_row("grpc", TINY_PIPELINE, url, input_file, level, seconds, "grpc", stability_percentage=200)
-                after = model_statistics(url, models)
-                lines.append(f"concurrency {level}: {row.per_second:.0f}/s, p50 {row.p50_ms:.2f} ms\n")
-                lines.append("| model | requests/execution | us/request | " + " | ".join(STAGES) + " |")
-                lines.append("|---|---|---|" + "---|" * len(STAGES))
-                for model, merged, total, stages in breakdown(before, after):
-                    cells = " | ".join(f"{stages[stage]:.0f}" for stage in STAGES)
-                    lines.append(f"| {model} | {merged:.2f} | {total:.0f} | {cells} |")
-                lines.append("")
+                for round_ in range(rounds):
+                    for pipeline in pipelines:
+                        names = TextPipelineNames(pipeline)
+                        models = [names.ensemble, names.tokenizer, names.encoder]
+                        before = model_statistics(url, models)
+                        row = perf_row(
+                            "grpc", pipeline, url, input_file, level, seconds, "grpc", stability_percentage=200
+                        )
+                        after = model_statistics(url, models)
+                        title = f"{pipeline}, concurrency {level}, round {round_ + 1}"
+                        lines.append(f"{title}: {row.per_second:.0f}/s, p50 {row.p50_ms:.2f} ms\n")
+                        lines += _stage_table(breakdown(before, after))
     out.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _stage_table(rows: list[tuple[str, float, float, dict[str, float]]]) -> list[str]:
+    lines = ["| model | requests/execution | us/request | " + " | ".join(STAGES) + " |"]
+    lines.append("|---|---|---|" + "---|" * len(STAGES))
+    for model, merged, total, stages in rows:
+        cells = " | ".join(f"{stages[stage]:.0f}" for stage in STAGES)
+        lines.append(f"| {model} | {merged:.2f} | {total:.0f} | {cells} |")
+    return [*lines, ""]
 
 
 if __name__ == "__main__":
@@ -122,6 +139,8 @@ if __name__ == "__main__":
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--out", type=Path, default=Path("reports/gpu-proxy-profile.md"))
+    parser.add_argument("--baseline", type=Path, help="an encoder model.py to serve beside, measured in turn")
+    parser.add_argument("--rounds", type=int, default=1)
     args = parser.parse_args()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    profile(args.concurrency, args.seconds, args.out)
+    profile(args.concurrency, args.seconds, args.out, args.baseline, args.rounds)
