@@ -170,9 +170,8 @@ def test_zero_shot_classification_matches_torch(grpc_client, clip_models) -> Non
 
 def test_labels_are_readable_from_the_configs(grpc_client) -> None:
     names = ClipPipelineNames("clip-vit-b-32")
-    for model in (names.classify, names.classifier):
-        config = grpc_client.get_model_config(model).config
-        assert json.loads(config.parameters["labels"].string_value) == list(CLIP_LABELS)
+    config = grpc_client.get_model_config(names.classify).config
+    assert json.loads(config.parameters["labels"].string_value) == list(CLIP_LABELS)
 
 
 @pytest.mark.parametrize(("width", "height"), [(640, 480), (1920, 1080)])

@@ -224,7 +224,7 @@ def test_clip_cli_for_the_gpu_runtime(tmp_path: Path, clip_models) -> None:
     labels.write_text("cat\n\ndog\n", encoding="utf-8")
     command = [
         sys.executable, "-m", "export", "clip", clip_models["clip-tiny"].arch, "--name", "gpu-clip",
-        "--repository", str(tmp_path / "repo"), "--runtime", "onnxruntime", "--labels", str(labels),
+        "--repository", str(tmp_path / "repo"), "--runtime", "onnxruntime", "--tensorrt", "--labels", str(labels),
         "--template", "a photo of {}.", "--template", "art of {}.", "--max-batch-size", "8",
         "--preprocess-instances", "3", "--no-draft",
     ]  # fmt: skip
@@ -235,10 +235,18 @@ def test_clip_cli_for_the_gpu_runtime(tmp_path: Path, clip_models) -> None:
     for encoder in (names.text_encoder, names.image_encoder):
         config = read_config(tmp_path / "repo" / encoder)
         assert config.platform == "onnxruntime_onnx" and config.max_batch_size == 8
+        assert config.optimization.execution_accelerators.gpu_execution_accelerator[0].name == "tensorrt"
         assert config.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     preprocess = read_config(tmp_path / "repo" / names.image_preprocess)
     assert preprocess.instance_group[0].count == 3
     assert json.loads(preprocess.parameters["preprocess"].string_value)["draft"] is False
+    classify = read_config(tmp_path / "repo" / names.classify)
+    assert json.loads(classify.parameters["labels"].string_value) == ["cat", "dog"]
+    # The classifier is an ONNX graph on the GPU's ONNX Runtime (a Python hop fewer), never on
+    # TensorRT (string labels): same outputs as the ensemble's.
     classifier = read_config(tmp_path / "repo" / names.classifier)
-    assert json.loads(classifier.parameters["labels"].string_value) == ["cat", "dog"]
-    assert list(classifier.output[1].dims) == [2]
+    assert (
+        classifier.platform == "onnxruntime_onnx"
+        and not classifier.optimization.execution_accelerators.gpu_execution_accelerator
+    )
+    assert [(o.name, list(o.dims)) for o in classifier.output] == [(SCORES.name, [2]), (LABEL.name, [1])]

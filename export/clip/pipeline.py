@@ -19,6 +19,7 @@ from export.clip.caption import CaptionOptions
 from export.clip.caption_pipeline import CaptionExport, captions_for, check_caption_serving, write_captions
 from export.clip.model import ClipModel, load_clip_model
 from export.clip.trace import calibration_feeds, check_clip_onnx, export_clip_onnx, label_embeddings
+from export.clip.zero_shot import write_classifier_onnx
 from export.errors import InvalidArgumentError
 from export.exporter import pre_checks, precision_pass, write_ensemble
 from export.repository.config import Batching, EnsembleStep
@@ -29,7 +30,6 @@ from export.steps.image_preprocess.image_processing import PreprocessSettings
 from export.steps.writers import (
     TokenizerSettings,
     classifier_parameters,
-    write_classifier,
     write_image_preprocess,
     write_tokenizer,
 )
@@ -175,6 +175,23 @@ def _write_ensembles(
         )
 
 
+def _classifier_serving(serving: ServingOptions) -> ServingOptions:
+    """On the python runtime, the encoders' (not admitted against: its cost is the encoder's).
+    On GPUs, ONNX Runtime without TensorRT, whatever the encoders run on: TensorRT has no
+    string tensors, and a matrix product over the labels gains nothing from an engine."""
+    if serving.runtime == "python":
+        return replace(serving, max_wait_ms=0)
+    return replace(
+        serving,
+        runtime="onnxruntime",
+        tensorrt=False,
+        tensorrt_fp16=False,
+        tensorrt_cache=None,
+        tensorrt_batch=None,
+        tensorrt_sequence=None,
+    )
+
+
 def _write_classify(
     staging: Path,
     names: ClipPipelineNames,
@@ -183,18 +200,21 @@ def _write_classify(
     batching: Batching,
     record: PipelineRecord,
 ) -> None:
-    """The classifier step, and the ensemble IMAGE -> preprocess -> image encoder -> classifier."""
+    """The classifier step (an ONNX graph, zero_shot.py), and the ensemble IMAGE -> preprocess
+    -> image encoder -> classifier."""
     embeddings = label_embeddings(clip, list(options.labels), list(options.templates))
-    write_classifier(
-        staging / names.classifier,
-        names.classifier,
+    model_dir = staging / names.classifier
+    write_classifier_onnx(
+        version_dir(model_dir) / ONNX_FILE,
         options.labels,
         embeddings,
-        batching,
         logit_scale=clip.logit_scale,
         logit_bias=clip.logit_bias,
+        opset=options.opset,
     )
     outputs = [LABEL, SCORES.with_dims(len(options.labels))]
+    classifier = EncoderModel(names.classifier, [clip.embedding], outputs[1], batching, extra_outputs=[LABEL])
+    runtimes.write_encoder(model_dir, classifier, _classifier_serving(options.serving))
     steps = [
         EnsembleStep.chain(names.image_preprocess, [IMAGE], [PIXEL_VALUES]),
         EnsembleStep.chain(names.image_encoder, [PIXEL_VALUES], [EMBEDDING]),

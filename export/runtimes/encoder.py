@@ -33,6 +33,11 @@ class EncoderModel:
     padding_side: str = "right"
     precision: str = "fp32"
     ragged: bool = True
+    extra_outputs: Sequence[TensorSpec] = ()  # graphs with more than one output (the classifier)
+
+    @property
+    def outputs(self) -> list[TensorSpec]:
+        return [self.output, *self.extra_outputs]
 
     def shape(self, spec: TensorSpec, length: int) -> list[int]:
         """`spec`'s dims without the batch axis, a varying last axis set to `length`."""

@@ -24,7 +24,7 @@ def onnxruntime_encoder(model_dir: Path, encoder: EncoderModel, serving: Serving
     padded lengths match, which the tokenizer's batch-wide padding makes common."""
     inputs = [model_config.model_input(spec) for spec in encoder.inputs]
     config = model_config.gpu_model(
-        encoder.name, inputs, [encoder.output], encoder.batching, platform="onnxruntime_onnx", model_filename=ONNX_FILE
+        encoder.name, inputs, encoder.outputs, encoder.batching, platform="onnxruntime_onnx", model_filename=ONNX_FILE
     )
     if serving.tensorrt:
         accelerator = config.optimization.execution_accelerators.gpu_execution_accelerator.add(name="tensorrt")

@@ -54,7 +54,7 @@ def python_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOptio
         parameters["length_input"] = ATTENTION_MASK.name
         parameters["max_batch_tokens"] = str(_python_default(serving, "max_batch_tokens"))
     inputs = [model_config.model_input(spec, ragged=ragged) for spec in encoder.inputs]
-    config = model_config.python_model(encoder.name, inputs, [encoder.output], encoder.batching, parameters)
+    config = model_config.python_model(encoder.name, inputs, encoder.outputs, encoder.batching, parameters)
     typical = encoder.sequence[1] if encoder.sequence else 0
     config.model_warmup.extend(encoder.warmups((typical, 1)))
     return config

@@ -75,7 +75,7 @@ def build_plan(onnx_path: Path, plan_path: Path, profile: Mapping[str, Shapes], 
 def tensorrt_config(encoder: EncoderModel) -> mc.ModelConfig:
     inputs = [model_config.model_input(spec) for spec in encoder.inputs]
     config = model_config.gpu_model(
-        encoder.name, inputs, [encoder.output], encoder.batching, platform="tensorrt_plan", model_filename=PLAN_FILE
+        encoder.name, inputs, encoder.outputs, encoder.batching, platform="tensorrt_plan", model_filename=PLAN_FILE
     )
     config.model_warmup.extend(encoder.warmups((encoder.sequence[1] if encoder.sequence else 0, 1)))
     return config

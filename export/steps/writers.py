@@ -46,7 +46,6 @@ from triton_embeddings.names import (
 STEPS = Path(__file__).parent  # one folder per step kind: model.py and its helper module
 SHARED_MODULES = (STEPS / "admission.py",)  # helpers of several steps, copied beside each model.py
 TOKENIZER_FILE = "tokenizer.json"
-LABEL_EMBEDDINGS_FILE = "label_embeddings.npy"
 DECODING_FILE = "decoding.json"
 
 
@@ -141,35 +140,8 @@ def write_image_preprocess(
 
 
 def classifier_parameters(labels: Sequence[str]) -> dict[str, str]:
-    """The labels, in SCORES order, readable from the config of the classifier and ensemble."""
+    """The labels, in SCORES order, readable from the classify ensemble's config."""
     return {"labels": json.dumps(list(labels), ensure_ascii=False)}
-
-
-def write_classifier(
-    model_dir: Path,
-    name: str,
-    labels: Sequence[str],
-    label_embeddings: np.ndarray,
-    batching: Batching,
-    *,
-    logit_scale: float,
-    logit_bias: float | None = None,
-) -> None:
-    """Zero-shot classifier: EMBEDDING -> LABEL, SCORES over `labels` (one embedding row each).
-    Scores are a softmax over the labels (CLIP), or with a `logit_bias` one sigmoid per label
-    (SigLIP: its labels are scored independently, so they need not sum to 1)."""
-    count, dimension = label_embeddings.shape
-    embedding, outputs = EMBEDDING.with_dims(dimension), [LABEL, SCORES.with_dims(count)]
-    add_python_model(model_dir, "zero_shot_classifier")
-    np.save(version_dir(model_dir) / LABEL_EMBEDDINGS_FILE, label_embeddings.astype(np.float32))
-    parameters = classifier_parameters(labels) | {
-        "label_embeddings_file": LABEL_EMBEDDINGS_FILE,
-        "logit_scale": repr(float(logit_scale)),
-        "scores": "softmax" if logit_bias is None else "sigmoid",
-        "logit_bias": repr(float(logit_bias or 0.0)),
-    }
-    config = model_config.python_model(name, [model_config.model_input(embedding)], outputs, batching, parameters)
-    model_config.write_config(config, model_dir)
 
 
 # The index step's tensors by role (actions.py reads them by role, so names live in one place).

@@ -3,8 +3,9 @@
 Loads the ONNX file export wrote beside this file. Inputs are ragged in the config, so the
 dynamic batcher may hand over requests of different sequence lengths: they are merged, then
 run in groups of similar length, each padded to its own longest row (padding.py), shortest
-first, and each request is answered as soon as its rows are done. Each batch's time per unit
-of work is shared with the steps that admit requests (admission.py).
+first. A batch of one group is answered when it is done, in one message; in a batch of several
+groups each request is answered as soon as its rows are done. Each batch's time per unit of
+work is shared with the steps that admit requests (admission.py).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +62,7 @@ class TritonPythonModel:
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config["parameters"].items()}
         self.input_names = [tensor["name"] for tensor in config["input"]]
-        self.output_name = config["output"][0]["name"]
+        self.output_names = [tensor["name"] for tensor in config["output"]]  # the classifier has two
         self.pad_values = json.loads(params["pad_values"])
         self.left = params["padding_side"] == "left"
         self.length_input = params.get("length_input", "")  # the attention mask, for token inputs
@@ -81,55 +81,108 @@ class TritonPythonModel:
         if self.backlog is not None:
             self.backlog.close()
 
-    def execute(self, requests: list) -> None:
-        """Answers each request as soon as its rows are done (the response sender), not when
-        the whole merged batch is: a short query merged with long passages leaves with the
-        first length group, and a request's wait is its own work, not its batch's."""
-        accepted: list = []
+    def execute(self, requests: list) -> list | None:
+        """A batch that runs as one session run is answered by returning its responses (one
+        message to Triton for all of them). A batch split into length groups answers each
+        request as soon as its rows are done (the response sender), not when the whole merged
+        batch is: a short query merged with long passages leaves with the first length group,
+        and a request's wait is its own work, not its batch's. A send is a round trip to the
+        Triton process that the stub waits for: sent one by one, one-text requests spent more
+        time answering than in onnxruntime (docs/performance.md, "GPU proxy")."""
+        responses: list = [None] * len(requests)  # the invalid ones now, the rest once run
+        accepted: list[int] = []
         feeds: dict[str, list[np.ndarray]] = {name: [] for name in self.input_names}
-        for request in requests:
+        for index, request in enumerate(requests):
             arrays = [pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names]
             if _mismatched(arrays):
                 shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(self.input_names, arrays, strict=True))
-                _answer(request, _invalid(f"inputs must all have the same shape (rows, across ranks), got {shapes}"))
+                responses[index] = _invalid(f"inputs must all have the same shape (rows, across ranks), got {shapes}")
                 continue
-            accepted.append(request)
+            accepted.append(index)
             for name, array in zip(self.input_names, arrays, strict=True):
                 feeds[name].append(array)
         if not accepted:
-            return None
+            return responses
 
+        batch = {name: pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
+        lengths = extents(batch[self.length_input], self.left) if self.length_input else None
+        units = self._units(batch, lengths)
         sizes = np.array([len(array) for array in feeds[self.input_names[0]]])
+        groups = self._groups(batch, lengths)
+        if len(groups) == 1:
+            return self._run_together(responses, accepted, sizes, groups[0], units)
+        for request, response in zip(requests, responses, strict=True):
+            if response is not None:
+                _answer(request, response)
+        self._run_early([requests[index] for index in accepted], sizes, groups, units)
+        return None
+
+    def _run_together(
+        self,
+        responses: list,
+        accepted: list[int],
+        sizes: np.ndarray,
+        group: tuple[np.ndarray, dict[str, np.ndarray]],
+        units: np.ndarray,
+    ) -> list:
+        """One session run for the whole batch; every response returned from execute()."""
+        rows, feed = group
+        try:
+            with self._timed(units) as finished:
+                parts = self.session.run(self.output_names, feed)
+                finished(units.sum())
+        except Exception as error:  # onnxruntime has its own exception types; fail this batch only
+            failure = pb_utils.InferenceResponse(error=pb_utils.TritonError(f"encoder failed: {error}"))
+            return [failure if response is None else response for response in responses]
+        outputs = [np.empty_like(part) for part in parts]
+        for whole, part in zip(outputs, parts, strict=True):
+            whole[rows] = part
+        ends = np.cumsum(sizes)
+        for index, size, end in zip(accepted, sizes, ends, strict=True):
+            if size == 0:
+                responses[index] = _invalid("the request holds no rows")
+                continue
+            tensors = [
+                pb_utils.Tensor(n, whole[end - size : end]) for n, whole in zip(self.output_names, outputs, strict=True)
+            ]
+            responses[index] = pb_utils.InferenceResponse(output_tensors=tensors)
+        return responses
+
+    def _run_early(
+        self, accepted: list, sizes: np.ndarray, groups: list[tuple[np.ndarray, dict]], units: np.ndarray
+    ) -> None:
+        """One session run per length group, shortest first; each request answered (sent) as
+        soon as its last row is done."""
         ends = np.cumsum(sizes)
         owner = np.repeat(np.arange(len(accepted)), sizes)  # the request of each row
         rows_left = sizes.copy()
         answered = np.zeros(len(accepted), dtype=bool)
-        batch = {name: pad_concat(arrays, self.pad_values.get(name, 0), self.left) for name, arrays in feeds.items()}
-        lengths = extents(batch[self.length_input], self.left) if self.length_input else None
-        units = self._units(batch, lengths)
-        out = None
+        out: list[np.ndarray] = []  # per output, every row
         try:
             with self._timed(units) as finished:
-                for rows, part in self._parts(batch, lengths):
+                for rows, feed in groups:
+                    parts = self.session.run(self.output_names, feed)
                     finished(units[rows].sum())
-                    out = np.empty((len(owner), *part.shape[1:]), part.dtype) if out is None else out
-                    out[rows] = part
+                    out = out or [np.empty((len(owner), *part.shape[1:]), part.dtype) for part in parts]
+                    for whole, part in zip(out, parts, strict=True):
+                        whole[rows] = part
                     np.subtract.at(rows_left, owner[rows], 1)
                     for index in np.unique(owner[rows]):
                         if rows_left[index] == 0:
-                            self._send(accepted[index], out[ends[index] - sizes[index] : ends[index]])
+                            mine = slice(ends[index] - sizes[index], ends[index])
+                            self._send(accepted[index], [whole[mine] for whole in out])
                             answered[index] = True
         except Exception as error:  # onnxruntime has its own exception types; fail this batch only
             failure = pb_utils.TritonError(f"encoder failed: {error}")
             for request in (r for r, done in zip(accepted, answered, strict=True) if not done):
                 _answer(request, pb_utils.InferenceResponse(error=failure))
-            return None
+            return
         for index in np.flatnonzero(~answered):  # requests of no rows
             _answer(accepted[index], _invalid("the request holds no rows"))
-        return None
 
-    def _send(self, request, embeddings: np.ndarray) -> None:
-        _answer(request, pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(self.output_name, embeddings)]))
+    def _send(self, request, outputs: list[np.ndarray]) -> None:
+        tensors = [pb_utils.Tensor(name, array) for name, array in zip(self.output_names, outputs, strict=True)]
+        _answer(request, pb_utils.InferenceResponse(output_tensors=tensors))
 
     def _units(self, batch: dict[str, np.ndarray], lengths: np.ndarray | None) -> np.ndarray:
         """Each row's work in admission units (admission.py): its tokens, or none for images."""
@@ -143,19 +196,15 @@ class TritonPythonModel:
             return contextlib.nullcontext(lambda done: None)
         return self.backlog.batch(self.instance, float(units.sum()))
 
-    def _parts(
+    def _groups(
         self, batch: dict[str, np.ndarray], lengths: np.ndarray | None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """(rows, their embeddings): one session run, or one per length group for token
-        inputs (`lengths`: each row's extent), shortest first."""
+    ) -> list[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """(rows, their inputs) per session run: the whole batch, or one per length group for
+        token inputs (`lengths`: each row's extent), shortest first."""
         every = np.arange(len(batch[self.input_names[0]]))
         if lengths is None:
-            yield every, self.session.run([self.output_name], batch)[0]
-            return
+            return [(every, batch)]
         groups = length_groups(lengths, self.max_batch_tokens)
         if len(groups) == 1 and lengths.max() == batch[self.length_input].shape[1]:
-            yield every, self.session.run([self.output_name], batch)[0]
-            return
-        for rows in groups:
-            (part,) = self.session.run([self.output_name], trim(batch, rows, int(lengths[rows].max()), self.left))
-            yield rows, part
+            return [(every, batch)]
+        return [(rows, trim(batch, rows, int(lengths[rows].max()), self.left)) for rows in groups]

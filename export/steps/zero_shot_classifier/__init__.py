@@ -1,1 +1,0 @@
-"""See export/steps/__init__.py."""
