@@ -68,6 +68,33 @@ def model_statistics(grpc_url: str, models: list[str]) -> dict[str, dict[str, fl
     return stats
 
 
+def process_cpu(server_pid: int) -> dict[str, float]:
+    """CPU seconds so far of the Triton process and of each Python-backend stub (by model
+    folder), from /proc: where a request's CPU goes, across processes."""
+    import os
+
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def stat(pid: int) -> list[str]:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+    def seconds(fields: list[str]) -> float:
+        return (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+
+    cpu = {"tritonserver": seconds(stat(server_pid))}
+    for entry in Path("/proc").iterdir():
+        try:
+            if not entry.name.isdigit() or int(stat(int(entry.name))[1]) != server_pid:  # children only
+                continue
+            args = (entry / "cmdline").read_bytes().split(b"\0")
+            if args[0].endswith(b"triton_python_backend_stub"):  # then the model.py it runs
+                model = Path(args[1].decode()).parent.parent.name
+                cpu[model] = cpu.get(model, 0.0) + seconds(stat(int(entry.name)))
+        except (OSError, ValueError, IndexError):
+            continue
+    return cpu
+
+
 def breakdown(before: dict, after: dict) -> list[tuple[str, float, float, dict[str, float]]]:
     """(model, requests per execution, total us per request, us per request per stage) between two snapshots."""
     rows = []
@@ -87,7 +114,7 @@ def profile(levels: list[int], seconds: float, out: Path, baseline: Path | None 
     before and after, side by side."""
     import tempfile
 
-    from benchmarks.common import perf_row, triton
+    from benchmarks.common import triton
     from export.text.pipeline import TextExportOptions, export_text
     from export.tools import payloads
     from export.tools.perf_analyzer import write_input_data
@@ -105,22 +132,38 @@ def profile(levels: list[int], seconds: float, out: Path, baseline: Path | None 
             shutil.copyfile(baseline, repository / TextPipelineNames(pipelines[1]).encoder / "1" / "model.py")
         input_file = write_input_data(work, TEXT, payloads.short_texts(2000, seed=7))
         with triton(repository, work / "triton.log") as server:
-            url = server.options.grpc_url
             for level in levels:
                 for round_ in range(rounds):
                     for pipeline in pipelines:
-                        names = TextPipelineNames(pipeline)
-                        models = [names.ensemble, names.tokenizer, names.encoder]
-                        before = model_statistics(url, models)
-                        row = perf_row(
-                            "grpc", pipeline, url, input_file, level, seconds, "grpc", stability_percentage=200
-                        )
-                        after = model_statistics(url, models)
                         title = f"{pipeline}, concurrency {level}, round {round_ + 1}"
-                        lines.append(f"{title}: {row.per_second:.0f}/s, p50 {row.p50_ms:.2f} ms\n")
-                        lines += _stage_table(breakdown(before, after))
+                        lines += _measured(server, pipeline, input_file, level, seconds, title)
     out.write_text("\n".join(lines))
     print("\n".join(lines))
+
+
+def _measured(server, pipeline: str, input_file: Path, level: int, seconds: float, title: str) -> list[str]:
+    """One perf_analyzer run, its figures, Triton's per-step times and each process's CPU."""
+    import time
+
+    from benchmarks.common import perf_row
+    from triton_embeddings.names import TextPipelineNames
+
+    names = TextPipelineNames(pipeline)
+    models = [names.ensemble, names.tokenizer, names.encoder]
+    url, pid = server.options.grpc_url, server.process.pid
+    before, cpu_before, began = model_statistics(url, models), process_cpu(pid), time.perf_counter()
+    row = perf_row("grpc", pipeline, url, input_file, level, seconds, "grpc", stability_percentage=200)
+    wall = time.perf_counter() - began
+    after, cpu_after = model_statistics(url, models), process_cpu(pid)
+    requests = max(after[names.ensemble]["requests"] - before[names.ensemble]["requests"], 1)
+    used = {k: v - cpu_before.get(k, 0.0) for k, v in cpu_after.items() if k in ("tritonserver", *models)}
+    per_request = ", ".join(f"{k} {v / requests * 1e6:.0f}" for k, v in used.items())
+    busy = sum(used.values()) / wall
+    return [
+        f"{title}: {row.per_second:.0f}/s, p50 {row.p50_ms:.2f} ms, client CPU {row.client_cpu:.0%} of the machine\n",
+        f"CPU us per request: {per_request} (these processes busy {busy:.2f} cores)\n",
+        *_stage_table(breakdown(before, after)),
+    ]
 
 
 def _stage_table(rows: list[tuple[str, float, float, dict[str, float]]]) -> list[str]:
