@@ -4,7 +4,8 @@ drift of this shared machine lands on both.
 
 For changes to what a repository holds (a step rewritten, a config setting): export the
 "before" repository from the old commit (a git worktree), the "after" one from the new, and
-compare. Inputs: texts (`--texts`) or 640x480 JPEGs (`--images`). Prints a markdown table.
+compare. Inputs: texts (`--texts short`: 6-18 words; `--texts mixed`: queries to passages
+past 256 tokens, payloads.LENGTH_MIX) or 640x480 JPEGs (`--images`). Prints a markdown table.
 
     .venv/bin/python -m benchmarks.ab BEFORE_REPO BEFORE_MODEL AFTER_REPO AFTER_MODEL --images \\
         [--concurrency 1 8] [--seconds 10] [--rounds 2]
@@ -29,7 +30,7 @@ def main() -> None:
     parser.add_argument("after_repository", type=Path)
     parser.add_argument("after_model")
     kind = parser.add_mutually_exclusive_group(required=True)
-    kind.add_argument("--texts", action="store_true", help="6-18 word texts, one a request")
+    kind.add_argument("--texts", choices=("short", "mixed"), help="texts, one a request")
     kind.add_argument("--images", action="store_true", help="640x480 JPEGs, one a request")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     parser.add_argument("--seconds", type=float, default=10)
@@ -39,8 +40,10 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="ab-"))
     if args.images:
         input_file = write_input_data(work, IMAGE, payloads.images(32, seed=3, sizes=((640, 480),)))
-    else:
+    elif args.texts == "short":
         input_file = write_input_data(work, TEXT, payloads.short_texts(256, seed=3))
+    else:
+        input_file = write_input_data(work, TEXT, payloads.texts(256, seed=3))
     sides = (("before", args.before_repository, args.before_model), ("after", args.after_repository, args.after_model))
     rows: dict[tuple[str, int], list[Row]] = {}
     for round_ in range(args.rounds):

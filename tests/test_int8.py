@@ -1,10 +1,12 @@
 """`--precision int8`: its quality bar, through the served pipeline, and exact integer math.
 
-Bar: cosine >= 0.985 for every one of 1,000 varied texts against the fp32 sentence-transformers
+Bar: cosine >= 0.99 for every one of 1,000 varied texts against the fp32 sentence-transformers
 embedding, and top-10 neighbour overlap >= 0.9 on a retrieval set (200 queries over 800
-documents). int8 is lossy by design; measured with 7-bit weights: min cosine 0.986 (a
-punctuation-only text), mean 0.997. (8-bit weights reached 0.992 where onnxruntime's kernel
-is exact, and 0.969 on an Intel Xeon where it saturates: docs/performance.md.) Activations are
+documents); the same cosine bar for a tiny random BERT. int8 is lossy by design: with every
+matrix quantized (7-bit weights) the worst text was at 0.986 (punctuation only); the export
+now leaves in fp32 the few matrices the calibration texts find most error-prone, chosen per
+model (export/precision/sensitivity.py). (8-bit weights reached 0.992 where onnxruntime's
+kernel is exact, and 0.969 on an Intel Xeon where it saturates: docs/performance.md.) Activations are
 quantized one token at a time, so a text's embedding must not depend on the texts it is
 batched with. Speed is a benchmark, not a test (docs/performance.md).
 """
@@ -26,7 +28,7 @@ from export.tools.corpus import corpus
 from tests.conftest import INT8
 from tests.helpers import embed_grpc, embed_many
 
-MIN_COSINE = 0.985
+MIN_COSINE = 0.99
 MIN_TOP10_OVERLAP = 0.9
 QUERIES = 200  # of the 1,000 texts; the other 800 are the documents
 
@@ -68,17 +70,45 @@ def test_a_text_embeds_the_same_whatever_it_is_batched_with(grpc_client, texts: 
     np.testing.assert_allclose(batched, alone, atol=1e-5)
 
 
-def test_every_weight_matmul_is_int8_and_the_smoothed_ones_are_scaled(repository: Path) -> None:
-    graph = onnx.load(str(repository / f"{INT8}_encoder" / "1" / ONNX_FILE)).graph
+def test_weight_matmuls_are_int8_but_those_the_calibration_keeps_in_fp32(repository: Path) -> None:
+    model = onnx.load(str(repository / f"{INT8}_encoder" / "1" / ONNX_FILE))
+    graph = model.graph
     ops = [node.op_type for node in graph.node]
     weights = {init.name: init.data_type for init in graph.initializer}
-    float_matmuls = [n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    # MiniLM: 6 layers x (Q, K, V, attention output, FFN in, FFN out).
-    assert ops.count("MatMulIntegerToFloat") == 36
-    assert float_matmuls == []
-    assert sum(dtype == onnx.TensorProto.INT8 for dtype in weights.values()) == 36
+    float_matmuls = {n.name for n in graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    kept = set(dict((p.key, p.value) for p in model.metadata_props)["int8_fp32_matmuls"].split(","))
+    # MiniLM: 6 layers x (Q, K, V, attention output, FFN in, FFN out); the most error-prone few,
+    # chosen at export from the calibration texts, stay fp32 and are said in the metadata.
+    assert float_matmuls == kept and 0 < len(kept) <= 12
+    assert ops.count("MatMulIntegerToFloat") == 36 - len(kept)
+    assert sum(dtype == onnx.TensorProto.INT8 for dtype in weights.values()) == 36 - len(kept)
     # Smoothed: the inputs of Q/K/V, the attention output and FFN in; not the FFN out (GELU).
     assert sum(name.endswith("_smooth_scale") for name in weights) == 6 * 3
+
+
+def test_a_tiny_random_model_keeps_cosine_099(tmp_path: Path, tiny_models) -> None:
+    """The rule is per model: a random 2-layer BERT gets its own fp32 matrices (or none) and
+    keeps the bar on held-out texts, run as served (served tokenizer settings, onnxruntime)."""
+    import onnxruntime as ort
+
+    from export.steps.writers import TokenizerSettings
+    from export.text.pipeline import TextExportOptions, export_text
+    from triton_embeddings.names import ATTENTION_MASK, INPUT_IDS, TOKEN_TYPE_IDS, TextPipelineNames
+
+    tiny = tiny_models["tiny-bert"]
+    export_text(TextExportOptions(str(tiny.path), "tiny8", tmp_path, precision="int8"))
+    names = TextPipelineNames("tiny8")
+    session = ort.InferenceSession(str(tmp_path / names.encoder / "1" / ONNX_FILE), providers=["CPUExecutionProvider"])
+    settings = TokenizerSettings.from_model(tmp_path / names.tokenizer)
+    texts = corpus(300, seed=99)
+    wanted = {tensor.name for tensor in session.get_inputs()}
+    inputs = [spec for spec in (INPUT_IDS, ATTENTION_MASK, TOKEN_TYPE_IDS) if spec.name in wanted]
+    got = np.concatenate(
+        [session.run(None, settings.tokenize(texts[i : i + 32], inputs))[0] for i in range(0, len(texts), 32)]
+    )
+    expected = SentenceTransformer(str(tiny.path), device="cpu").encode(texts, batch_size=32)
+    similarity = cosine(got, expected)
+    assert similarity.min() >= MIN_COSINE, f"cosine {similarity.min():.4f} for {texts[int(np.argmin(similarity))]!r}"
 
 
 def test_the_int8_matmul_is_exact_on_this_cpu() -> None:

@@ -146,7 +146,7 @@ def calibration_feeds(clip: ClipModel, texts: int = 256, images: int = 64, batch
     from export.tools import payloads
 
     def text_feeds() -> Iterator[dict[str, np.ndarray]]:
-        generated = payloads.texts(texts, seed=7)
+        generated = payloads.texts(texts - texts // 8, seed=7) + payloads.odd_texts(texts // 8, seed=7)
         for start in range(0, len(generated), batch):
             yield {CLIP_INPUT_IDS.name: _served_ids(clip, generated[start : start + batch])}
 

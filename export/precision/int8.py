@@ -28,10 +28,12 @@ them lowered the worst cosine at every ALPHA tried.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
+
+from export.precision import sensitivity
 
 # Weights use 7 bits (-63..63), not 8. Some of onnxruntime's x86 kernels multiply uint8 by int8
 # in pairs summed into int16, which saturates past 32767: with activations around the zero
@@ -42,6 +44,11 @@ WEIGHT_LEVELS = 63
 ACTIVATION_LEVELS = 127  # uint8 codes 1..255 around the zero point 128
 ALPHA = 0.7  # smoothing strength, from a sweep over 0.5-0.85 on MiniLM
 CALIBRATION_TEXTS = 512  # generated texts (export/tools/payloads.py) whose activations set the scales
+CALIBRATION_ODD_TEXTS = 64  # of which texts of no words (payloads.odd_texts)
+# The worst cosine to fp32 the calibration inputs must keep (held-out texts' bar is 0.99), and
+# how many calibration feeds measure each matrix's own error (sensitivity.py).
+CALIBRATION_MIN_COSINE = 0.993
+SENSITIVITY_FEEDS = 4
 # Constants shared by every quantized MatMul, by initializer name.
 _ONE, _ZERO_POINT, _STEP, _TINY = "int8_one", "int8_zero_point", "int8_step", "int8_tiny"
 _CONSTANTS = {
@@ -52,23 +59,72 @@ _CONSTANTS = {
 }
 
 
-def quantize_int8(path: Path, calibration: Iterable[Mapping[str, np.ndarray]]) -> None:
-    """Rewrite the fp32 ONNX file at `path` as a smoothed, per-token int8 graph.
+def quantize_int8(
+    path: Path, calibration: Iterable[Mapping[str, np.ndarray]], *, min_cosine: float = CALIBRATION_MIN_COSINE
+) -> list[str]:
+    """Rewrite the fp32 ONNX file at `path` as a smoothed, per-token int8 graph, leaving in fp32
+    the fewest of its most error-prone matrices that keeps the graph's worst cosine to fp32 over
+    the calibration inputs at `min_cosine` or more (sensitivity.py). Returns the MatMul nodes
+    left in fp32 (also in the file's metadata, `int8_fp32_matmuls`).
 
     `calibration` yields input feeds (name -> array) for the graph at `path`.
     """
     import onnx
 
+    feeds = list(calibration)
     model = onnx.load(str(path))
     weights = {init.name: init for init in model.graph.initializer}
     _gemms_as_matmuls(model, weights)
     consumers = _weight_matmuls(model, weights)
+    for index, node in enumerate(node for nodes in consumers.values() for node in nodes):
+        node.name = node.name or f"int8_matmul_{index}"
     smoothed = {
         activation: nodes for activation, nodes in consumers.items() if not _down_projection(weights[nodes[0].input[1]])
     }
-    _smooth(model, smoothed, weights, _activation_peaks(model, smoothed, calibration))
-    _quantize(model, _weight_matmuls(model, weights), weights)
+    reference = [outputs[0] for outputs in sensitivity.run(model, feeds)]  # fp32, as traced
+    _smooth(model, smoothed, weights, _activation_peaks(model, smoothed, feeds))
+    kept = _least_fp32(model, feeds, reference, min_cosine)
     onnx.save(model, str(path))
+    return kept
+
+
+def _least_fp32(model, feeds: list, reference: list[np.ndarray], min_cosine: float) -> list[str]:
+    """Quantize `model` in place, the worst 0, 1, 2, 4, ... matrices left in fp32 (the first
+    count that reaches `min_cosine`)."""
+    import onnx
+    from onnx import numpy_helper
+
+    weights = {init.name: init for init in model.graph.initializer}
+    matrices = {
+        node.name: numpy_helper.to_array(weights[node.input[1]])
+        for nodes in _weight_matmuls(model, weights).values()
+        for node in nodes
+    }
+    probes = sensitivity.spread(feeds, SENSITIVITY_FEEDS)
+    errors = sensitivity.matrix_errors(model, matrices, probes, _quantized_product)
+    worst_first = sorted(errors, key=errors.get, reverse=True)
+    for count in sensitivity.keep_counts(len(worst_first)):
+        candidate = onnx.ModelProto()
+        candidate.CopyFrom(model)
+        found = {init.name: init for init in candidate.graph.initializer}
+        _quantize(candidate, _weight_matmuls(candidate, found), found, keep=set(worst_first[:count]))
+        got = [outputs[0] for outputs in sensitivity.run(candidate, feeds)]
+        if sensitivity.worst_cosine(got, reference) >= min_cosine:
+            break
+    kept = worst_first[:count]
+    candidate.metadata_props.add(key="int8_fp32_matmuls", value=",".join(kept))
+    model.CopyFrom(candidate)
+    return kept
+
+
+def _quantized_product(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """`x @ weight` as the quantized graph computes it (per-row activations, per-column 7-bit
+    weights), in numpy: what sensitivity.py compares each matrix's exact product with."""
+    row_scale = np.maximum(np.abs(x).max(axis=1, keepdims=True) / ACTIVATION_LEVELS, 1e-12)
+    column_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / WEIGHT_LEVELS
+    rows = np.clip(np.round(x / row_scale), -ACTIVATION_LEVELS, ACTIVATION_LEVELS)
+    columns = np.clip(np.round(weight / column_scale), -WEIGHT_LEVELS, WEIGHT_LEVELS)
+    return (rows @ columns) * row_scale * column_scale
 
 
 def _gemms_as_matmuls(model, weights: dict) -> None:
@@ -90,8 +146,8 @@ def _gemms_as_matmuls(model, weights: dict) -> None:
         if attributes.get("transB", 0):
             array = array.T
         name = f"{weight.name}_as_matmul"
-        weights[name] = numpy_helper.from_array(np.ascontiguousarray(array), name)
-        model.graph.initializer.append(weights[name])
+        model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        weights[name] = model.graph.initializer[-1]  # the graph's own copy, which smoothing rescales
         product = node.output[0] if len(node.input) < 3 else f"{node.output[0]}_product"
         nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}_matmul"))
         if len(node.input) == 3:
@@ -158,8 +214,9 @@ def _smooth(model, consumers: Mapping[str, list], weights: Mapping, peaks: Mappi
             weights[node.input[1]].CopyFrom(numpy_helper.from_array(array * scale[:, None], node.input[1]))
 
 
-def _quantize(model, consumers: Mapping[str, list], weights: Mapping) -> None:
-    """Replace each MatMul in `consumers` by its per-token int8 form (module docstring)."""
+def _quantize(model, consumers: Mapping[str, list], weights: Mapping, keep: Collection[str] = ()) -> None:
+    """Replace each MatMul in `consumers` by its per-token int8 form (module docstring), but
+    those named in `keep`."""
     from onnx import helper, numpy_helper
 
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
@@ -167,7 +224,10 @@ def _quantize(model, consumers: Mapping[str, list], weights: Mapping) -> None:
     model.graph.initializer.extend(numpy_helper.from_array(np.array(v), name) for name, v in _CONSTANTS.items())
     peak = _row_peak(model)
     replacements: dict[str, list] = {}  # by the replaced MatMul's output
-    for activation, matmuls in consumers.items():
+    for activation, every in consumers.items():
+        matmuls = [node for node in every if node.name not in keep]
+        if not matmuls:
+            continue
         scale, quantized = f"{activation}_int8_scale", f"{activation}_int8"
         steps = [  # once per activation, before its first MatMul
             helper.make_node("Abs", [activation], [f"{activation}_abs"]),

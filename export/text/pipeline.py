@@ -16,7 +16,7 @@ import numpy as np
 
 from export import runtimes
 from export.exporter import pre_checks, precision_pass, write_ensemble
-from export.precision.int8 import CALIBRATION_TEXTS
+from export.precision.int8 import CALIBRATION_ODD_TEXTS, CALIBRATION_TEXTS
 from export.repository.config import EnsembleStep
 from export.repository.layout import DEFAULT_REPOSITORY, version_dir
 from export.repository.records import PipelineRecord, staged_pipeline
@@ -24,6 +24,7 @@ from export.runtimes import ONNX_FILE, EncoderModel, ServingOptions
 from export.steps.writers import TokenizerSettings, write_tokenizer
 from export.text.model import TextModel, load_text_model
 from export.text.trace import check_text_onnx, export_text_onnx
+from export.tools.payloads import odd_texts
 from export.tools.payloads import texts as generated_texts
 from export.validation import DEFAULT_OPSET, Agreement
 from triton_embeddings.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
@@ -110,7 +111,9 @@ def export_text(options: TextExportOptions) -> TextExport:
 
 def _calibration_feeds(text_model: TextModel, batch: int = 32) -> Iterator[dict[str, np.ndarray]]:
     """Token tensors of generated texts of every length (queries to truncated passages)."""
-    texts = generated_texts(CALIBRATION_TEXTS, seed=7)
+    texts = generated_texts(CALIBRATION_TEXTS - CALIBRATION_ODD_TEXTS, seed=7) + odd_texts(
+        CALIBRATION_ODD_TEXTS, seed=7
+    )
     for start in range(0, len(texts), batch):
         yield text_model.tokenize(texts[start : start + batch])
 

@@ -47,6 +47,19 @@ def texts(count: int, seed: int = 0) -> list[str]:
     return out
 
 
+def odd_texts(count: int, seed: int = 0) -> list[str]:
+    """Short texts of no words: punctuation, symbols, digits, emoji, one letter. Their
+    activations are unlike sentences' (int8 calibration needs them: sensitivity.py)."""
+    rng = random.Random(seed)
+    pieces = [*"!?.,;:'\"()[]{}<>#$%&*@^~+-=/\\|_`", "—", "…", "🙂", "🚀", "🎉", "42", "3.14", "x", "I", "²", "∑"]
+    return [
+        " ".join(rng.choices(pieces, k=rng.randint(1, 3)))
+        if rng.random() < 0.3
+        else "".join(rng.choices(pieces, k=rng.randint(1, 8)))
+        for _ in range(count)
+    ]
+
+
 def short_texts(count: int, seed: int = 0) -> list[str]:
     """6-18 words (about 8-20 tokens): the one-text requests of retrieval and RAG queries."""
     rng = random.Random(seed)
