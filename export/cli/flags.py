@@ -167,8 +167,8 @@ def add_serving(parser: argparse.ArgumentParser, python_step: str) -> None:
         "--precision",
         choices=PRECISIONS,
         default="fp32",
-        help="encoder precision; fp16 keeps fp32 inputs, outputs and reductions (for GPUs); int8: text "
-        "pipelines on the python runtime (CPU), cosine >= 0.99 to fp32 (default: fp32)",
+        help="encoder precision; fp16 keeps fp32 inputs, outputs and reductions (for GPUs); int8: the "
+        "python runtime (CPU), text encoders and CLIP towers, cosine >= 0.99 to fp32 (default: fp32)",
     )
 
 
