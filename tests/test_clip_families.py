@@ -32,7 +32,7 @@ from tests import images
 from tests.clip_models import ClipReference, _load, siglip, xlm_roberta_clip
 from tests.helpers import embed_many, infer_bytes
 from tests.test_clip import reference_images, reference_texts
-from triton_embeddings.names import EMBEDDING, IMAGE, LABEL, SCORES, ClipPipelineNames
+from triton_embeddings.names import CLIP_INPUT_IDS, EMBEDDING, IMAGE, LABEL, SCORES, TEXT, ClipPipelineNames
 
 TEXTS = [*corpus(40), *long_texts()[:2], "Fish &amp; chips &lt;3", "IT'S LOUD", "caf\u00c3\u00a9 _under_scores_"]
 IMAGE_CASES = ("portrait 300x400", "landscape 400x300", "4000x30", "mode RGBA", "mode L", "EXIF orientation 6")
@@ -116,6 +116,10 @@ def test_family_is_served_as_open_clip_computes_it(
         for ensemble in export.record.ensembles:
             family_client.load_model(ensemble)
         items = [images.parity_cases()[case] for case in IMAGE_CASES]
+
+        # The served tokenizer step's ids are open_clip's, exactly (Hugging Face ones included).
+        (served_ids,) = infer_bytes(family_client, names.text_tokenizer, TEXT.name, TEXTS, [CLIP_INPUT_IDS.name])
+        np.testing.assert_array_equal(served_ids, reference.tokenizer(TEXTS).numpy())
 
         served_texts = embed_many(family_client, names.text, TEXTS)
         text_similarity = cosine(served_texts, reference_texts(reference, TEXTS))

@@ -18,7 +18,7 @@ from export.repository.records import pipelines, remove_pipeline
 from export.runtimes import ServingOptions
 from export.serving.server import ServerOptions, TritonServer, free_port
 from export.text.pipeline import TextExportOptions, export_text
-from tests.conftest import DOCS, INT8, PHOTOS
+from tests.conftest import CLIP_INT8, DOCS, INT8, PHOTOS
 from tests.helpers import embed_http
 from triton_embeddings.names import ClipPipelineNames, TextPipelineNames
 
@@ -32,6 +32,7 @@ EXPECTED = {  # name: (kind, embedding size)
     "tiny-bert-cached": ("text", 32),
     "all-MiniLM-L6-v2-int8": ("text", 384),
     "clip-vit-b-32": ("clip", 512),
+    CLIP_INT8: ("clip", 512),
     "clip-tiny": ("clip", 32),
     DOCS: ("search", 384),  # collections are listed beside the pipelines they embed with
     PHOTOS: ("search", 512),
@@ -45,7 +46,8 @@ def test_list_shows_every_pipeline_once(repository: Path) -> None:
     assert clip.ensembles == ClipPipelineNames("clip-vit-b-32").ensembles(classify=True)
     assert set(clip.models) <= set(model_names(repository))
     assert all(r.runtime == "python" for r in found.values())
-    assert {name: r.precision for name, r in found.items() if r.precision != "fp32"} == {INT8: "int8"}
+    quantized = {name: r.precision for name, r in found.items() if r.precision != "fp32"}
+    assert quantized == {INT8: "int8", CLIP_INT8: "int8"}
     # Every model in the repository belongs to exactly one pipeline.
     owned = [model for r in found.values() for model in r.models]
     assert sorted(owned) == sorted(model_names(repository))
