@@ -151,3 +151,47 @@ def test_the_int8_matmul_is_exact_on_this_cpu() -> None:
 def test_int8_is_refused_where_it_cannot_run(kind: str, runtime: str) -> None:
     with pytest.raises(InvalidArgumentError, match=f"int8 is for the python runtime \\(CPU\\), not {runtime}"):
         check_precision("int8", kind=kind, runtime=runtime)
+
+
+@pytest.mark.parametrize(("bias", "width"), [(True, 96), (False, 48)])
+def test_gemm_layers_are_quantized_too(tmp_path: Path, bias: bool, width: int) -> None:
+    """The tracer writes a linear layer on 2-D input as Gemm (open_clip's attention output
+    projections), nameless here and with or without its optional bias: quantized like MatMul,
+    close to fp32; smoothed when it widens (96), not when it narrows (48, as down-projections)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export.precision.int8 import quantize_int8
+
+    rng = np.random.default_rng(0)
+    weight, offset = rng.normal(size=(width, 64)).astype(np.float32), rng.normal(size=width).astype(np.float32)
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "gamma", "beta"], ["normed"], axis=-1),
+        helper.make_node("Gemm", ["normed", "w", "b" if bias else ""], ["y"], transB=1),
+    ]
+    constants = [
+        numpy_helper.from_array(weight, "w"),
+        numpy_helper.from_array(offset, "b"),
+        numpy_helper.from_array(np.ones(64, np.float32), "gamma"),
+        numpy_helper.from_array(np.zeros(64, np.float32), "beta"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "gemm",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", width])],
+        constants,
+    )
+    path = tmp_path / "gemm.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    feeds = [{"x": rng.normal(size=(32, 64)).astype(np.float32)} for _ in range(4)]
+    quantize_int8(path, feeds, min_cosine=0.0)
+
+    import onnxruntime as ort
+
+    graph = onnx.load(str(path)).graph
+    assert [node.op_type for node in graph.node].count("MatMulIntegerToFloat") == 1
+    x = rng.normal(size=(16, 64)).astype(np.float32)
+    normed = (x - x.mean(1, keepdims=True)) / np.sqrt(x.var(1, keepdims=True) + 1e-5)
+    expected = normed @ weight.T + (offset if bias else 0)
+    (got,) = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    assert cosine(got, expected).min() > 0.999

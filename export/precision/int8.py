@@ -148,10 +148,12 @@ def _gemms_as_matmuls(model, weights: dict) -> None:
         name = f"{weight.name}_as_matmul"
         model.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         weights[name] = model.graph.initializer[-1]  # the graph's own copy, which smoothing rescales
-        product = node.output[0] if len(node.input) < 3 else f"{node.output[0]}_product"
-        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{node.name}_matmul"))
-        if len(node.input) == 3:
-            nodes.append(helper.make_node("Add", [product, node.input[2]], [node.output[0]], name=f"{node.name}_bias"))
+        bias = node.input[2] if len(node.input) == 3 else ""  # optional: absent or ""
+        output = node.output[0]  # unique, unlike node names (which may be empty)
+        product = f"{output}_product" if bias else output
+        nodes.append(helper.make_node("MatMul", [node.input[0], name], [product], name=f"{output}_matmul"))
+        if bias:
+            nodes.append(helper.make_node("Add", [product, bias], [output], name=f"{output}_bias"))
     del model.graph.node[:]
     model.graph.node.extend(nodes)
     used = {name for node in nodes for name in node.input}
@@ -186,6 +188,8 @@ def _activation_peaks(model, consumers: Mapping[str, list], calibration: Iterabl
     session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
     names = list(consumers)
     peaks: dict[str, np.ndarray] = {}
+    if not names:  # onnxruntime would answer every output for an empty list
+        return peaks
     for feeds in calibration:
         for name, value in zip(names, session.run(names, dict(feeds)), strict=True):
             peak = np.abs(value).reshape(-1, value.shape[-1]).max(axis=0)
