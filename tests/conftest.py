@@ -18,10 +18,11 @@ from sentence_transformers import SentenceTransformer
 from export.clip.pipeline import ClipExportOptions, export_clip
 from export.runtimes import ServingOptions
 from export.search.collection import CollectionOptions, export_collection
-from export.serving.server import ServerOptions, TritonServer, free_port
+from export.serving.server import TritonServer
 from export.text.default_model import default_model_path
 from export.text.pipeline import TextExportOptions, export_text
 from tests.clip_models import ClipReference, tiny_custom, vit_b_32
+from tests.helpers import triton_on
 from tests.tiny_models import TINY_MODELS, TinyModel
 from triton_embeddings.names import DEFAULT_INT8_PIPELINE, DEFAULT_TEXT_PIPELINE
 
@@ -94,13 +95,8 @@ def repository(
 
 @pytest.fixture(scope="session")
 def server(repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
-    options = ServerOptions(
-        repository=repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
-    )
-    log_path = tmp_path_factory.mktemp("logs") / "tritonserver.log"
-    with log_path.open("wb") as log, TritonServer(options, log=log) as running:
+    with triton_on(repository, tmp_path_factory.mktemp("logs")) as running:
         yield running
-    # The log is kept beside the test's temporary files; pytest prints its path on failure.
 
 
 @pytest.fixture(scope="session")

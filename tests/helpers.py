@@ -8,12 +8,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from export.serving.seaweedfs import CREDENTIALS, SeaweedFS
+from export.serving.server import ServerOptions, TritonServer, free_port
 from triton_embeddings.names import EMBEDDING, TEXT
 
 
@@ -67,6 +69,16 @@ def post_infer(server, model: str, body: bytes) -> tuple[int, dict]:
             return response.status, json.load(response)
     except urllib.error.HTTPError as error:
         return error.code, json.load(error)
+
+
+@contextmanager
+def triton_on(repository: Path, logs: Path, **options) -> Iterator[TritonServer]:
+    """A tritonserver on `repository` on free ports, its log kept in `logs` (pytest prints the
+    test's temporary paths on failure); `options`: more ServerOptions fields."""
+    ports = {"http_port": free_port(), "grpc_port": free_port(), "metrics_port": free_port()}
+    server_options = ServerOptions(repository=repository, **ports, **options)
+    with (logs / "tritonserver.log").open("wb") as log, TritonServer(server_options, log=log) as running:
+        yield running
 
 
 @contextmanager

@@ -31,12 +31,12 @@ from export.clip.caption import CaptionOptions, check_caption_onnx, decoding_set
 from export.clip.model import load_clip_model
 from export.clip.pipeline import ClipExportOptions, export_clip
 from export.errors import InvalidArgumentError
-from export.serving.server import ServerOptions, TritonServer, free_port
+from export.serving.server import TritonServer
 from export.steps.caption_decoder.decoding import DecodingSettings, greedy
 from export.tools.compare import cosine
 from export.validation import ExportValidationError
 from tests import images
-from tests.helpers import infer_bytes, post_infer
+from tests.helpers import infer_bytes, post_infer, triton_on
 from triton_embeddings import AsyncEmbeddingClient, EmbeddingClient, EmbeddingError
 from triton_embeddings.names import (
     CAPTION,
@@ -93,11 +93,7 @@ def caption_server(coca, tmp_path_factory: pytest.TempPathFactory) -> Iterator[T
     export_clip(ClipExportOptions(arch, GREEDY, None, repository, labels=LABELS))
     beam = CaptionOptions(decoding="beam", beams=BEAMS, max_new_tokens=BEAM_LENGTH)
     export_clip(ClipExportOptions(arch, BEAM, None, repository, caption=beam))
-    options = ServerOptions(
-        repository=repository, http_port=free_port(), grpc_port=free_port(), metrics_port=free_port()
-    )
-    log_path = tmp_path_factory.mktemp("coca-logs") / "tritonserver.log"
-    with log_path.open("wb") as log, TritonServer(options, log=log) as running:
+    with triton_on(repository, tmp_path_factory.mktemp("coca-logs")) as running:
         yield running
 
 

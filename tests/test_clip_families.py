@@ -25,12 +25,12 @@ import torch
 import tritonclient.grpc as grpcclient
 
 from export.clip.pipeline import ClipExportOptions, export_clip
-from export.serving.server import ServerOptions, TritonServer
+from export.serving.server import TritonServer
 from export.tools.compare import cosine
 from export.tools.corpus import corpus, long_texts
 from tests import images
 from tests.clip_models import ClipReference, _load, siglip, xlm_roberta_clip
-from tests.helpers import embed_many, infer_bytes
+from tests.helpers import embed_many, infer_bytes, triton_on
 from tests.test_clip import reference_images, reference_texts
 from triton_embeddings.names import CLIP_INPUT_IDS, EMBEDDING, IMAGE, LABEL, SCORES, TEXT, ClipPipelineNames
 
@@ -76,9 +76,7 @@ def family_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def family_server(family_repository: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TritonServer]:
     family_repository.mkdir(parents=True, exist_ok=True)
-    options = ServerOptions(repository=family_repository, model_control_mode="explicit")
-    log_path = tmp_path_factory.mktemp("logs") / "tritonserver.log"
-    with log_path.open("wb") as log, TritonServer(options, log=log) as running:
+    with triton_on(family_repository, tmp_path_factory.mktemp("logs"), model_control_mode="explicit") as running:
         yield running
 
 
