@@ -29,12 +29,12 @@ from triton_embeddings.names import TensorSpec
 Checked = TypeVar("Checked")
 
 
-def pre_checks(name: str, kind: str, serving: ServingOptions, precision: str) -> tuple[Batching, Batching]:
+def pre_checks(name: str, serving: ServingOptions, precision: str) -> tuple[Batching, Batching]:
     """Everything that can be refused before loading a model; (Python steps, encoders) batching."""
     check_pipeline_name(name)
     batching = serving.batching()
     runtimes.check_prerequisites(serving.runtime)
-    check_precision(precision, kind=kind, runtime=serving.runtime)
+    check_precision(precision, runtime=serving.runtime)
     return batching
 
 

@@ -98,7 +98,7 @@ def export_clip(options: ClipExportOptions) -> ClipExport:
     """Load, convert, check against open_clip, then write every model."""
     names = ClipPipelineNames(options.name)
     _check_templates(options.templates)
-    python_batching, encoder_batching = pre_checks(names.name, "clip", options.serving, options.precision)
+    python_batching, encoder_batching = pre_checks(names.name, options.serving, options.precision)
     if options.caption is not None:
         check_caption_serving(options.serving)
     clip = load_clip_model(options.arch, options.pretrained, draft=options.draft)

@@ -17,7 +17,7 @@ FP16_AGREEMENT = {"min_cosine": 0.999, "max_abs_diff": 1e-2}
 INT8_AGREEMENT = {"min_cosine": 0.99, "max_abs_diff": 0.1}
 
 
-def check_precision(precision: str, *, kind: str, runtime: str) -> str:
+def check_precision(precision: str, *, runtime: str) -> str:
     if precision not in PRECISIONS:
         raise InvalidArgumentError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "int8" and runtime != "python":

@@ -59,7 +59,7 @@ class TextExport:
 def export_text(options: TextExportOptions) -> TextExport:
     """Load, convert, check against sentence-transformers, then write the three models."""
     names = TextPipelineNames(options.name)
-    tokenizer_batching, encoder_batching = pre_checks(names.ensemble, "text", options.serving, options.precision)
+    tokenizer_batching, encoder_batching = pre_checks(names.ensemble, options.serving, options.precision)
     text_model = load_text_model(
         options.model,
         max_length=options.max_length,
