@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from export.text.model import TextModel
+from export.text.softmax_guard import drop_softmax_nan_guards
 from export.validation import DEFAULT_OPSET, VALIDATION_TEXTS, Agreement, require_agreement
 from triton_embeddings.names import EMBEDDING
 
@@ -33,7 +34,8 @@ class _SentenceEmbedding(torch.nn.Module):
 
 
 def export_text_onnx(text_model: TextModel, path: Path, *, opset: int = DEFAULT_OPSET) -> None:
-    """Trace the model on a two-text batch of unequal lengths, with batch and sequence dynamic."""
+    """Trace the model on a two-text batch of unequal lengths, with batch and sequence dynamic,
+    then drop the attention's softmax NaN guards (softmax_guard.py)."""
     names = [spec.name for spec in text_model.inputs]
     sample = text_model.model.preprocess(list(VALIDATION_TEXTS[:2]))
     output = EMBEDDING.with_dims(text_model.dimension)
@@ -52,6 +54,7 @@ def export_text_onnx(text_model: TextModel, path: Path, *, opset: int = DEFAULT_
             opset_version=opset,
             dynamo=False,
         )
+    drop_softmax_nan_guards(path)
 
 
 def check_text_onnx(text_model: TextModel, path: Path, **tolerance: float) -> Agreement:
