@@ -28,7 +28,7 @@ them lowered the worst cosine at every ALPHA tried.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -45,12 +45,11 @@ ACTIVATION_LEVELS = 127  # uint8 codes 1..255 around the zero point 128
 ALPHA = 0.7  # smoothing strength, from a sweep over 0.5-0.85 on MiniLM
 CALIBRATION_TEXTS = 512  # generated texts (export/tools/payloads.py) whose activations set the scales
 CALIBRATION_ODD_TEXTS = 64  # of which texts of no words (payloads.odd_texts)
-# The worst cosine to fp32 the calibration inputs must keep (held-out texts' bar is 0.99), and
-# how many calibration feeds measure each matrix's own error (sensitivity.py).
+# The worst cosine to fp32 the calibration inputs must keep (held-out texts' bar is 0.99).
 CALIBRATION_MIN_COSINE = 0.993
-SENSITIVITY_FEEDS = 4
 # Constants shared by every quantized MatMul, by initializer name.
 _ONE, _ZERO_POINT, _STEP, _TINY = "int8_one", "int8_zero_point", "int8_step", "int8_tiny"
+_SWITCH = "int8_fp32_switches"  # the search graph's input: which matrices run fp32 (sensitivity.py)
 _CONSTANTS = {
     _ONE: np.float32(1.0),
     _ZERO_POINT: np.uint8(ACTIVATION_LEVELS + 1),
@@ -63,9 +62,9 @@ def quantize_int8(
     path: Path, calibration: Iterable[Mapping[str, np.ndarray]], *, min_cosine: float = CALIBRATION_MIN_COSINE
 ) -> list[str]:
     """Rewrite the fp32 ONNX file at `path` as a smoothed, per-token int8 graph, leaving in fp32
-    the fewest of its most error-prone matrices that keeps the graph's worst cosine to fp32 over
-    the calibration inputs at `min_cosine` or more (sensitivity.py). Returns the MatMul nodes
-    left in fp32 (also in the file's metadata, `int8_fp32_matmuls`).
+    the matrices a greedy search chooses so that every calibration input keeps a cosine to fp32
+    of `min_cosine` or more (sensitivity.py). Returns the MatMul nodes left in fp32, in the
+    order chosen (also in the file's metadata, `int8_fp32_matmuls`).
 
     `calibration` yields input feeds (name -> array) for the graph at `path`.
     """
@@ -81,7 +80,7 @@ def quantize_int8(
     smoothed = {
         activation: nodes for activation, nodes in consumers.items() if not _down_projection(weights[nodes[0].input[1]])
     }
-    reference = [outputs[0] for outputs in sensitivity.run(model, feeds)]  # fp32, as traced
+    reference = sensitivity.run(model, feeds)  # fp32, as traced
     _smooth(model, smoothed, weights, _activation_peaks(model, smoothed, feeds))
     kept = _least_fp32(model, feeds, reference, min_cosine)
     onnx.save(model, str(path))
@@ -89,42 +88,29 @@ def quantize_int8(
 
 
 def _least_fp32(model, feeds: list, reference: list[np.ndarray], min_cosine: float) -> list[str]:
-    """Quantize `model` in place, the worst 0, 1, 2, 4, ... matrices left in fp32 (the first
-    count that reaches `min_cosine`)."""
+    """Quantize `model` in place, leaving in fp32 the matrices sensitivity.py chooses."""
     import onnx
-    from onnx import numpy_helper
+    import onnxruntime as ort
 
+    switchable = onnx.ModelProto()
+    switchable.CopyFrom(model)
+    found = {init.name: init for init in switchable.graph.initializer}
+    switches = _quantize(switchable, _weight_matmuls(switchable, found), found, switch=_SWITCH)
+    session = ort.InferenceSession(switchable.SerializeToString(), providers=["CPUExecutionProvider"])
+    output = switchable.graph.output[0].name
+
+    def cosines(kept: Collection[str], cases: Sequence[sensitivity.Case]) -> list[np.ndarray]:
+        flags = np.array([name in kept for name in switches])
+        return [
+            sensitivity.row_cosines(session.run([output], {**feed, _SWITCH: flags})[0], expected)
+            for feed, expected in cases
+        ]
+
+    kept = sensitivity.least_fp32(switches, cosines, list(zip(feeds, reference, strict=True)), min_cosine)
     weights = {init.name: init for init in model.graph.initializer}
-    matrices = {
-        node.name: numpy_helper.to_array(weights[node.input[1]])
-        for nodes in _weight_matmuls(model, weights).values()
-        for node in nodes
-    }
-    probes = sensitivity.spread(feeds, SENSITIVITY_FEEDS)
-    errors = sensitivity.matrix_errors(model, matrices, probes, _quantized_product)
-    worst_first = sorted(errors, key=errors.get, reverse=True)
-    for count in sensitivity.keep_counts(len(worst_first)):
-        candidate = onnx.ModelProto()
-        candidate.CopyFrom(model)
-        found = {init.name: init for init in candidate.graph.initializer}
-        _quantize(candidate, _weight_matmuls(candidate, found), found, keep=set(worst_first[:count]))
-        got = [outputs[0] for outputs in sensitivity.run(candidate, feeds)]
-        if sensitivity.worst_cosine(got, reference) >= min_cosine:
-            break
-    kept = worst_first[:count]
-    candidate.metadata_props.add(key="int8_fp32_matmuls", value=",".join(kept))
-    model.CopyFrom(candidate)
+    _quantize(model, _weight_matmuls(model, weights), weights, keep=set(kept))
+    model.metadata_props.add(key="int8_fp32_matmuls", value=",".join(kept))
     return kept
-
-
-def _quantized_product(x: np.ndarray, weight: np.ndarray) -> np.ndarray:
-    """`x @ weight` as the quantized graph computes it (per-row activations, per-column 7-bit
-    weights), in numpy: what sensitivity.py compares each matrix's exact product with."""
-    row_scale = np.maximum(np.abs(x).max(axis=1, keepdims=True) / ACTIVATION_LEVELS, 1e-12)
-    column_scale = np.maximum(np.abs(weight).max(axis=0), 1e-12) / WEIGHT_LEVELS
-    rows = np.clip(np.round(x / row_scale), -ACTIVATION_LEVELS, ACTIVATION_LEVELS)
-    columns = np.clip(np.round(weight / column_scale), -WEIGHT_LEVELS, WEIGHT_LEVELS)
-    return (rows @ columns) * row_scale * column_scale
 
 
 def _gemms_as_matmuls(model, weights: dict) -> None:
@@ -218,16 +204,23 @@ def _smooth(model, consumers: Mapping[str, list], weights: Mapping, peaks: Mappi
             weights[node.input[1]].CopyFrom(numpy_helper.from_array(array * scale[:, None], node.input[1]))
 
 
-def _quantize(model, consumers: Mapping[str, list], weights: Mapping, keep: Collection[str] = ()) -> None:
+def _quantize(
+    model, consumers: Mapping[str, list], weights: Mapping, keep: Collection[str] = (), switch: str | None = None
+) -> list[str]:
     """Replace each MatMul in `consumers` by its per-token int8 form (module docstring), but
-    those named in `keep`."""
-    from onnx import helper, numpy_helper
+    those named in `keep`. Returns the names of the MatMuls replaced.
+
+    With `switch`, each keeps its fp32 form beside the int8 one, and a boolean graph input of
+    that name (one value per returned name) chooses which runs fp32: the search graph of
+    sensitivity.py, which tries many choices on one onnxruntime session."""
+    from onnx import TensorProto, helper, numpy_helper
 
     if not any(opset.domain == "com.microsoft" for opset in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     model.graph.initializer.extend(numpy_helper.from_array(np.array(v), name) for name, v in _CONSTANTS.items())
     peak = _row_peak(model)
     replacements: dict[str, list] = {}  # by the replaced MatMul's output
+    replaced: list[str] = []
     for activation, every in consumers.items():
         matmuls = [node for node in every if node.name not in keep]
         if not matmuls:
@@ -248,6 +241,7 @@ def _quantize(model, consumers: Mapping[str, list], weights: Mapping, keep: Coll
             name, output = node.input[1], node.output[0]
             model.graph.initializer.append(numpy_helper.from_array(integers, f"{name}_int8"))
             model.graph.initializer.append(numpy_helper.from_array(column_scale, f"{name}_scale"))
+            int8_output = f"{output}_int8" if switch else output
             replacements[output] = [
                 *steps,
                 helper.make_node(
@@ -256,16 +250,29 @@ def _quantize(model, consumers: Mapping[str, list], weights: Mapping, keep: Coll
                     [f"{output}_unscaled"],
                     domain="com.microsoft",
                 ),
-                helper.make_node("Mul", [f"{output}_unscaled", scale], [output]),
+                helper.make_node("Mul", [f"{output}_unscaled", scale], [int8_output]),
             ]
+            if switch:
+                index = numpy_helper.from_array(np.array(len(replaced), np.int64), f"{output}_switch_index")
+                model.graph.initializer.append(index)
+                fp32 = helper.make_node("MatMul", node.input, [f"{output}_fp32"], name=node.name)
+                replacements[output] += [
+                    fp32,
+                    helper.make_node("Gather", [switch, index.name], [f"{output}_switch"]),
+                    helper.make_node("Where", [f"{output}_switch", fp32.output[0], int8_output], [output]),
+                ]
+            replaced.append(node.name)
             steps = []
     nodes = [new for node in model.graph.node for new in replacements.get(node.output[0], [node])]
     del model.graph.node[:]
     model.graph.node.extend(nodes)
+    if switch:
+        model.graph.input.append(helper.make_tensor_value_info(switch, TensorProto.BOOL, [len(replaced)]))
     used = {name for node in model.graph.node for name in node.input}
     kept = [init for init in model.graph.initializer if init.name in used]  # drop the fp32 weights
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
+    return replaced
 
 
 def _row_peak(model):

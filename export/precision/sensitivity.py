@@ -1,90 +1,82 @@
 """Which weight matrices int8 should leave in fp32, chosen per model from its calibration inputs.
 
 A few matrices carry most of int8's error (in MiniLM, measured: the worst texts were punctuation
-only, whose activations one matrix quantizes badly). Which ones depends on the model, so
-nothing is named by hand: each matrix's own quantization error is measured on calibration
-activations (its fp32 product against the product of its quantized input and weight, as
-int8.py computes it), and the graph is then quantized with the worst 0, 1, 2, 4, ... left in
-fp32 until the whole graph's worst cosine to fp32 over the calibration inputs reaches the bar.
+only, whose activations a few matrices quantize badly). Which ones depends on the model, so
+nothing is named by hand. The search is greedy on the whole graph's output: while some
+calibration input's cosine to fp32 is below the bar, try leaving each remaining matrix in fp32
+on the inputs below it, and keep the one that lifts them most. A matrix's own quantization
+error predicted the graph's badly, and weighing the lift by the matrix's size chose many small
+matrices of little lift (docs/performance.md, "int8: which matrices stay fp32"): the graph's
+output is what the bar is about, so it is what is measured. Each try is one run, on the few
+inputs below the bar, of one graph in which every matrix can be switched to fp32 (int8.py):
+a try costs a fraction of a second, not a graph built and loaded per candidate.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 
 import numpy as np
 
-Feeds = Sequence[Mapping[str, np.ndarray]]
+Feed = Mapping[str, np.ndarray]
+# (inputs, the fp32 graph's output for them): what a graph's output is compared with
+Case = tuple[Feed, np.ndarray]
+# kept-in-fp32 names, cases -> per case, each row's cosine to its fp32 output
+Cosines = Callable[[Collection[str], Sequence[Case]], list[np.ndarray]]
+PROBE_ROWS = 64  # the worst rows each candidate is tried on
 
 
-def run(model, feeds: Feeds, outputs: Sequence[str] | None = None) -> list[list[np.ndarray]]:
-    """Each feed's outputs (all graph outputs, or `outputs`) under onnxruntime on the CPU."""
-    import onnx
+def run(model, feeds: Sequence[Feed]) -> list[np.ndarray]:
+    """Each feed's first graph output under onnxruntime on the CPU."""
     import onnxruntime as ort
 
-    probe = model
-    if outputs is not None:
-        probe = onnx.ModelProto()
-        probe.CopyFrom(model)
-        known = {output.name for output in probe.graph.output}
-        for name in outputs:
-            if name not in known:
-                probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    names = list(outputs) if outputs is not None else [output.name for output in model.graph.output]
-    return [session.run(names, dict(feed)) for feed in feeds]
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    output = model.graph.output[0].name
+    return [session.run([output], dict(feed))[0] for feed in feeds]
 
 
-def worst_cosine(got: Sequence[np.ndarray], expected: Sequence[np.ndarray]) -> float:
-    """The lowest row-wise cosine between two lists of [rows, ...] arrays."""
-    worst = 1.0
-    for a, b in zip(got, expected, strict=True):
-        a, b = a.reshape(len(a), -1).astype(np.float64), b.reshape(len(b), -1).astype(np.float64)
-        norms = np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
-        worst = min(worst, float(((a * b).sum(axis=1) / norms).min()))
-    return worst
+def row_cosines(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
+    """Cosine of each row of two [rows, ...] arrays (a row of zeros against zeros counts as 1)."""
+    a, b = got.reshape(len(got), -1).astype(np.float64), expected.reshape(len(expected), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.where(norms > 1e-30, (a * b).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
 
 
-def matrix_errors(
-    model,
-    matmuls: Mapping[str, np.ndarray],
-    feeds: Feeds,
-    quantized_product: Callable[[np.ndarray, np.ndarray], np.ndarray],
-    rows: int = 1024,
-) -> dict[str, float]:
-    """MatMul node name -> its worst relative error over the feeds, ||XW - q(X)q(W)|| / ||XW||
-    per row (rows of near-zero product ignored), on at most `rows` rows of each activation per
-    feed (a numpy product per matrix is the cost). `matmuls`: node name -> its fp32 weight."""
-    nodes = {node.name: node for node in model.graph.node if node.name in matmuls}
-    inputs = sorted({node.input[0] for node in nodes.values()})
-    errors = dict.fromkeys(matmuls, 0.0)
-    pick = np.random.default_rng(0)
-    for values in run(model, feeds, inputs):
-        activations = dict(zip(inputs, values, strict=True))
-        for name, node in nodes.items():
-            x = activations[node.input[0]]
-            x = x.reshape(-1, x.shape[-1])
-            x = x[pick.choice(len(x), rows, replace=False)] if len(x) > rows else x
-            exact = x @ matmuls[name]
-            difference = np.linalg.norm(exact - quantized_product(x, matmuls[name]), axis=1)
-            size = np.linalg.norm(exact, axis=1)
-            significant = size > 1e-6 * max(float(size.max()), 1e-30)
-            if significant.any():
-                errors[name] = max(errors[name], float((difference[significant] / size[significant]).max()))
-    return errors
+def least_fp32(names: Sequence[str], cosines: Cosines, cases: Sequence[Case], min_cosine: float) -> list[str]:
+    """The matrices (of `names`) to leave in fp32, in the order chosen, so that every row of
+    `cases` keeps `min_cosine` or more."""
+    kept: list[str] = []
+    while len(kept) < len(names):
+        scores = cosines(kept, cases)
+        if min(float(score.min()) for score in scores) >= min_cosine:
+            break
+        probe = _worst_rows(cases, scores, min_cosine)
+        before = _shortfall(cosines(kept, probe), min_cosine)
+        gains = {
+            name: before - _shortfall(cosines([*kept, name], probe), min_cosine) for name in names if name not in kept
+        }
+        kept.append(max(gains, key=gains.get))
+    return kept
 
 
-def spread(feeds: Feeds, count: int) -> list:
-    """`count` feeds spread over all of them, the last included (calibration inputs end with
-    their oddest texts)."""
-    step = max(1, len(feeds) // count)
-    return [*feeds[: len(feeds) - 1 : step][: count - 1], feeds[-1]]
+def _shortfall(scores: list[np.ndarray], min_cosine: float) -> float:
+    """How far below the bar the rows are, summed: every row counts, not only the worst (one
+    matrix rarely fixes the worst row and the second worst at once)."""
+    return float(sum(np.maximum(min_cosine - score, 0).sum() for score in scores))
 
 
-def keep_counts(total: int) -> list[int]:
-    """How many of the worst matrices to try leaving in fp32, in order: 0, 1, 2, 4, ... total."""
-    counts, count = [0], 1
-    while count < total:
-        counts.append(count)
-        count *= 2
-    return [*counts, total]
+def _worst_rows(cases: Sequence[Case], scores: list[np.ndarray], min_cosine: float) -> list[Case]:
+    """The rows below the bar (at most PROBE_ROWS, the worst), as cases cut from their own
+    feeds: a row keeps its feed's padding, so it computes as it did there."""
+    ranked = sorted(
+        (float(score[row]), index, row)
+        for index, score in enumerate(scores)
+        for row in np.flatnonzero(score < min_cosine)
+    )[:PROBE_ROWS]
+    rows: dict[int, list[int]] = {}
+    for _, index, row in ranked:
+        rows.setdefault(index, []).append(int(row))
+    return [
+        ({name: value[picked] for name, value in cases[index][0].items()}, cases[index][1][picked])
+        for index, picked in rows.items()
+    ]
