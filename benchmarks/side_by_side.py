@@ -15,6 +15,12 @@ Image: CLIP ViT-B-32 (random weights, the real architecture's cost) on 640x480 J
 image pipeline over gRPC (perf_analyzer) against Pillow + onnxruntime in-process, batch 1
 and 32, preprocessing included.
 
+The image rows include the CLIP pipeline exported with `--precision int8` (both towers).
+
+Mixed lengths (`--rows mixed`): MiniLM fp32 and int8 on texts from 2-8 words to passages past
+the 256-token limit (payloads.LENGTH_MIX), the traffic where length groups and int8 matter:
+onnxruntime in-process at batch 32, the ensembles over gRPC, the FastAPI gateway.
+
 GPU proxy (`--rows tiny`, benchmarks/gpu_proxy.py): the same texts and tokenizer with a
 2-layer, 32-wide random BERT as the encoder, so the serving path dominates as on a GPU: the
 ensemble over gRPC and HTTP, the FastAPI gateway, infinity-emb and onnxruntime in-process on
@@ -67,6 +73,8 @@ from triton_embeddings.names import (
 Load = Callable[[int], list[Row]]  # one system, measured at one concurrency
 INFINITY = Path(__file__).resolve().parent.parent / ".bench" / "infinity" / "bin" / "infinity_emb"
 CLIP = ClipPipelineNames("clip-vit-b-32")
+CLIP_INT8 = ClipPipelineNames("clip-vit-b-32-int8")
+MIXED = "mixed:"  # the mixed-length rows' prefix
 INT8 = TextPipelineNames(DEFAULT_INT8_PIPELINE)
 TINY = "tiny:"  # the GPU-proxy rows' prefix
 TINY_STABILITY = 200  # percent: sub-millisecond p99s swing more than 50% between windows here
@@ -76,16 +84,20 @@ def export_models(repository: Path, rows: list[str], images: bool, tiny_folder: 
     from export.clip.pipeline import ClipExportOptions, export_clip
     from export.text.pipeline import TextExportOptions, export_text
 
-    if "minilm" in rows:
+    if "minilm" in rows or "mixed" in rows:
         export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
         export_text(TextExportOptions(str(default_model_path()), DEFAULT_INT8_PIPELINE, repository, precision="int8"))
     if "tiny" in rows:
         export_text(TextExportOptions(str(tiny_model_folder(tiny_folder)), TINY_PIPELINE, repository))
     if images:
         export_clip(ClipExportOptions("ViT-B-32", CLIP.name, "none", repository))
+        export_clip(ClipExportOptions("ViT-B-32", CLIP_INT8.name, "none", repository, precision="int8"))
 
 
-def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[Row]:
+def in_process_text(
+    repository: Path, texts: list[str], seconds: float, sizes: tuple[int, ...] = (1, 32), prefix: str = ""
+) -> list[Row]:
+    """onnxruntime on the exported fp32 and int8 encoders, and sentence-transformers."""
     from sentence_transformers import SentenceTransformer
 
     encoders = {
@@ -94,13 +106,13 @@ def in_process_text(repository: Path, texts: list[str], seconds: float) -> list[
     }
     model = SentenceTransformer(str(default_model_path()), device="cpu")
     rows = []
-    for batch in (1, 32):
+    for batch in sizes:
         pick = batches(texts, batch)
         for label, encode in encoders.items():
             rate, p50, p99 = time_calls(lambda i, pick=pick, encode=encode: encode(pick(i)), batch, seconds)
-            rows.append(Row(f"onnxruntime{label} in-process, batch {batch}", None, rate, p50, p99))
+            rows.append(Row(f"{prefix}onnxruntime{label} in-process, batch {batch}".lstrip(), None, rate, p50, p99))
         rate, p50, p99 = time_calls(lambda i, pick=pick, b=batch: model.encode(pick(i), batch_size=b), batch, seconds)
-        rows.append(Row(f"sentence-transformers in-process, batch {batch}", None, rate, p50, p99))
+        rows.append(Row(f"{prefix}sentence-transformers in-process, batch {batch}".lstrip(), None, rate, p50, p99))
     return rows
 
 
@@ -133,6 +145,20 @@ def served_tiny(server: TritonServer, texts: list[str], seconds: float, work: Pa
                 stability_percentage=TINY_STABILITY,
             )
             for protocol, url in (("grpc", server.options.grpc_url), ("http", server.options.http_url))
+        ]
+
+    return load
+
+
+def served_mixed(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:
+    """The fp32 and int8 ensembles over gRPC (perf_analyzer) on mixed-length texts."""
+    input_file = write_input_data(work / "mixed", TEXT, texts)
+    url = server.options.grpc_url
+
+    def load(level: int) -> list[Row]:
+        return [
+            perf_row(f"{MIXED} Triton grpc{label} (perf_analyzer)", pipeline, url, input_file, level, seconds, "grpc")
+            for label, pipeline in (("", DEFAULT_TEXT_PIPELINE), (" int8", INT8.ensemble))
         ]
 
     return load
@@ -207,19 +233,25 @@ def images(server: TritonServer, repository: Path, levels: list[int], seconds: f
     )
     options = ort.SessionOptions()
     options.intra_op_num_threads = CPUS
-    session = ort.InferenceSession(str(repository / CLIP.image_encoder / "1" / "model.onnx"), options)
+    pipelines = (("", CLIP), (" int8", CLIP_INT8))
     rows = []
-    for batch in (1, 32):
-        pick = batches(jpegs, batch)
+    for label, names in pipelines:
+        session = ort.InferenceSession(str(repository / names.image_encoder / "1" / "model.onnx"), options)
+        for batch in (1, 32):
+            pick = batches(jpegs, batch)
 
-        def run(i: int, pick=pick) -> None:
-            session.run(None, {"pixel_values": np.stack([preprocess(jpeg, settings) for jpeg in pick(i)])})
+            def run(i: int, pick=pick, session=session) -> None:
+                session.run(None, {"pixel_values": np.stack([preprocess(jpeg, settings) for jpeg in pick(i)])})
 
-        rate, p50, p99 = time_calls(run, batch, seconds)
-        rows.append(Row(f"Pillow + onnxruntime in-process, batch {batch}", None, rate, p50, p99))
+            rate, p50, p99 = time_calls(run, batch, seconds)
+            rows.append(Row(f"Pillow + onnxruntime{label} in-process, batch {batch}", None, rate, p50, p99))
     input_file = write_input_data(work, IMAGE, jpegs)
     url = server.options.grpc_url
-    rows += [perf_row("Triton grpc (perf_analyzer)", CLIP.image, url, input_file, c, seconds, "grpc") for c in levels]
+    for level in levels:  # fp32 and int8 in turn at each level: drifts hit both
+        for label, names in pipelines:
+            rows.append(
+                perf_row(f"Triton grpc{label} (perf_analyzer)", names.image, url, input_file, level, seconds, "grpc")
+            )
     return rows
 
 
@@ -229,10 +261,21 @@ def batches(items: list, batch: int):
 
 
 def served_loads(
-    stack: ExitStack, server: TritonServer, repository: Path, texts: list[str], args: argparse.Namespace, work: Path
-) -> tuple[list[Load], list[Load]]:
-    """(MiniLM loads, tiny loads): every server started before any is measured."""
-    minilm, tiny = [], []
+    stack: ExitStack,
+    server: TritonServer,
+    repository: Path,
+    texts: dict[str, list[str]],
+    args: argparse.Namespace,
+    work: Path,
+) -> tuple[list[Load], list[Load], list[Load]]:
+    """(MiniLM loads, tiny loads, mixed-length loads): every server started before any is
+    measured. `texts`: "short" and "mixed"."""
+    minilm, tiny, mixed = [], [], []
+    if "mixed" in args.rows:
+        mixed.append(served_mixed(server, texts["mixed"], args.seconds, work))
+        if "gateway" not in args.skip:
+            mixed.append(gateway(stack, server, repository, texts["mixed"], args.seconds, work, label=f"{MIXED} "))
+    texts = texts["short"]
     if "minilm" in args.rows:
         minilm.append(served_text(server, texts, args.seconds, work))
         if "gateway" not in args.skip:
@@ -249,7 +292,7 @@ def served_loads(
                 minilm.append(infinity(stack, texts, args.seconds, work, default_model_path()))
             if "tiny" in args.rows:
                 tiny.append(infinity(stack, texts, args.seconds, work, work / "tiny_model", f"{TINY} "))
-    return minilm, tiny
+    return minilm, tiny, mixed
 
 
 def main() -> None:
@@ -259,33 +302,42 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("reports/bench"))
     parser.add_argument("--skip", nargs="*", default=[], choices=["infinity", "gateway", "images", "in-process"])
     parser.add_argument(
-        "--rows", nargs="+", default=["minilm", "tiny"], choices=["minilm", "tiny"],
-        help="text row sets: all-MiniLM-L6-v2, and the GPU proxy (a tiny encoder; images run with minilm only)",
+        "--rows", nargs="+", default=["minilm", "mixed", "tiny"], choices=["minilm", "mixed", "tiny"],
+        help="text row sets: all-MiniLM-L6-v2 on short and on mixed-length texts, and the GPU proxy (a tiny "
+        "encoder); images run with minilm only",
     )  # fmt: skip
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     texts = payloads.short_texts(2000, seed=7)
+    mixed_texts = payloads.texts(2000, seed=7)
     with_images = "images" not in args.skip and "minilm" in args.rows
     with tempfile.TemporaryDirectory() as folder, ExitStack() as stack:
         work, repository = Path(folder), Path(folder) / "model_repository"
         (work / "tiny").mkdir()
+        (work / "mixed").mkdir()
         export_models(repository, args.rows, with_images, work / "tiny_model")
-        text_rows, tiny_rows = [], []
+        text_rows, tiny_rows, mixed_rows = [], [], []
         if "in-process" not in args.skip:
             text_rows = in_process_text(repository, texts, args.seconds) if "minilm" in args.rows else []
             tiny_rows = in_process_tiny(repository, texts, args.seconds) if "tiny" in args.rows else []
+            if "mixed" in args.rows:
+                mixed_rows = in_process_text(repository, mixed_texts, args.seconds, (32,), f"{MIXED} ")
         server = stack.enter_context(triton(repository, work / "triton.log"))
         # Every server is up before any is measured, and each concurrency level measures them
         # one after the other: drifts of this shared machine then hit all systems alike.
-        minilm, tiny = served_loads(stack, server, repository, texts, args, work)
+        all_texts = {"short": texts, "mixed": mixed_texts}
+        minilm, tiny, mixed = served_loads(stack, server, repository, all_texts, args, work)
         for level in args.concurrency:
             for load in minilm:
                 text_rows += load(level)
+            for load in mixed:
+                mixed_rows += load(level)
             for load in tiny:
                 tiny_rows += load(level)
         image_rows = images(server, repository, args.concurrency, args.seconds, work) if with_images else []
     results = (
         ("Text, all-MiniLM-L6-v2", text_rows, "text"),
+        ("Mixed lengths: all-MiniLM-L6-v2, queries to passages", mixed_rows, "mixed"),
         ("GPU proxy: tiny BERT (2 layers, 32 wide), MiniLM's tokenizer", tiny_rows, "tiny"),
         ("Image, CLIP ViT-B-32 640x480", image_rows, "image"),
     )
