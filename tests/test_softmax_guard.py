@@ -18,7 +18,7 @@ from export.text.trace import export_text_onnx
 from triton_embeddings.names import EMBEDDING
 
 
-def _attention(path: Path, fill: float, constant_fill: bool = True) -> Path:
+def _attention(path: Path, fill: float, constant_fill: bool = True, nan_read: bool = False) -> Path:
     """softmax(scores + Where(mask, 0, fill)) guarded as transformers traces it, times values."""
     constants = [numpy_helper.from_array(np.array(0.0, np.float32), "zero")]
     if constant_fill:
@@ -38,9 +38,10 @@ def _attention(path: Path, fill: float, constant_fill: bool = True) -> Path:
     ]
     if not constant_fill:
         inputs.append(helper.make_tensor_value_info("fill", TensorProto.FLOAT, []))
-    graph = helper.make_graph(
-        nodes, "attention", inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], constants
-    )
+    outputs = [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)]
+    if nan_read:
+        outputs.append(helper.make_tensor_value_info("nan", TensorProto.BOOL, None))
+    graph = helper.make_graph(nodes, "attention", inputs, outputs, constants)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -68,11 +69,13 @@ def test_rows_with_keys_are_unchanged_and_a_row_without_is_finite(tmp_path: Path
     np.testing.assert_allclose(after[2], average, atol=1e-6)  # ... now a plain average
 
 
-@pytest.mark.parametrize("fill, constant_fill", [(-1e4, True), (-np.inf, False)])
-def test_other_shapes_keep_their_guard(tmp_path: Path, fill: float, constant_fill: bool) -> None:
-    """A finite fill (the guard may guard something else) or a fill that is not a constant:
-    nothing proves the guard is dead, so it stays."""
-    path = _attention(tmp_path / "attention.onnx", fill, constant_fill)
+@pytest.mark.parametrize(
+    ("fill", "constant_fill", "nan_read"), [(-1e4, True, False), (-np.inf, False, False), (-np.inf, True, True)]
+)
+def test_other_shapes_keep_their_guard(tmp_path: Path, fill: float, constant_fill: bool, nan_read: bool) -> None:
+    """A finite fill (the guard may guard something else), a fill that is not a constant, or
+    a NaN test read elsewhere too: nothing proves the guard is dead, so it stays."""
+    path = _attention(tmp_path / "attention.onnx", fill, constant_fill, nan_read)
     assert drop_softmax_nan_guards(path) == 0
     assert "IsNaN" in [node.op_type for node in onnx.load(str(path)).graph.node]
 

@@ -35,13 +35,19 @@ def _drop(graph) -> int:
     from onnx import numpy_helper
 
     producer = {output: node for node in graph.node for output in node.output}
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    for output in graph.output:
+        consumers.setdefault(output.name, []).append(None)  # read outside the graph
     constants = {name: numpy_helper.to_array(init) for name, init in _constant_values(graph).items()}
     replaced: dict[str, str] = {}  # the guard's output -> the softmax's
     dropped: set[int] = set()
     fills: set[str] = set()  # the -inf constants replaced
     for guard in graph.node:
-        softmax = _guarded_softmax(guard, producer, constants)
-        fill = _mask_fill(softmax, producer, constants) if softmax is not None else None
+        softmax = _guarded_softmax(guard, producer, consumers, constants)
+        fill = _mask_fill(softmax, producer, consumers, constants) if softmax is not None else None
         if fill is None:
             continue
         where, position = fill
@@ -67,6 +73,13 @@ def _drop(graph) -> int:
     return len(replaced)
 
 
+def _feeds_softmax_only(node, consumers: dict) -> bool:
+    """An Add read only by Softmax nodes: a finite fill changes nothing else."""
+    if node is None or node.op_type != "Add":
+        return False
+    return all(reader is not None and reader.op_type == "Softmax" for reader in consumers.get(node.output[0], []))
+
+
 def _constant_values(graph) -> dict:
     """Name -> TensorProto of every initializer and Constant node with a `value` tensor."""
     values = {init.name: init for init in graph.initializer}
@@ -76,12 +89,15 @@ def _constant_values(graph) -> dict:
     return values
 
 
-def _guarded_softmax(guard, producer: dict, constants: dict):
-    """The Softmax node if `guard` is Where(IsNaN(s), 0, s) with s = Softmax(...)."""
-    if guard.op_type != "Where" or len(guard.input) != 3:
+def _guarded_softmax(guard, producer: dict, consumers: dict, constants: dict):
+    """The Softmax node if `guard` is Where(IsNaN(s), 0, s) with s = Softmax(...), its IsNaN
+    read by the guard alone and its output not a graph output."""
+    if guard.op_type != "Where" or len(guard.input) != 3 or None in consumers.get(guard.output[0], []):
         return None
     is_nan = producer.get(guard.input[0])
     if is_nan is None or is_nan.op_type != "IsNaN" or guard.input[2] != is_nan.input[0]:
+        return None
+    if consumers[is_nan.output[0]] != [guard]:
         return None
     softmax = producer.get(is_nan.input[0])
     zero = constants.get(guard.input[1])
@@ -90,16 +106,18 @@ def _guarded_softmax(guard, producer: dict, constants: dict):
     return softmax
 
 
-def _mask_fill(softmax, producer: dict, constants: dict):
+def _mask_fill(softmax, producer: dict, consumers: dict, constants: dict):
     """(the Where node, which of its inputs is -inf) if the softmax's input is
     scores + Where(mask, a, b) with a, b constants and one of them -inf (or already the
-    lowest float, for a fill another guard's rewrite shares)."""
+    lowest float, for a fill another guard's rewrite shares), the fill read only by such Adds."""
     add = producer.get(softmax.input[0])
     if add is None or add.op_type != "Add":
         return None
     for name in add.input:
         where = producer.get(name)
         if where is None or where.op_type != "Where":
+            continue
+        if not all(_feeds_softmax_only(node, consumers) for node in consumers[name]):
             continue
         values = [constants.get(input_name) for input_name in where.input[1:]]
         if any(value is None or value.size != 1 for value in values):
