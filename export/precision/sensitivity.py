@@ -9,7 +9,7 @@ error predicted the graph's badly, and weighing the lift by the matrix's size ch
 matrices of little lift (docs/performance.md, "int8: which matrices stay fp32"): the graph's
 output is what the bar is about, so it is what is measured. Each try is one run, on the few
 inputs below the bar, of one graph in which every matrix can be switched to fp32 (int8.py):
-a try costs a fraction of a second, not a graph built and loaded per candidate.
+a try costs under a second, not a graph built and loaded per candidate.
 """
 
 from __future__ import annotations
@@ -36,10 +36,13 @@ def run(model, feeds: Sequence[Feed]) -> list[np.ndarray]:
 
 
 def row_cosines(got: np.ndarray, expected: np.ndarray) -> np.ndarray:
-    """Cosine of each row of two [rows, ...] arrays (a row of zeros against zeros counts as 1)."""
+    """Cosine of each row of two [rows, ...] arrays: 1 for zeros against zeros, 0 for zeros
+    against anything else."""
     a, b = got.reshape(len(got), -1).astype(np.float64), expected.reshape(len(expected), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.where(norms > 1e-30, (a * b).sum(axis=1) / np.maximum(norms, 1e-30), 1.0)
+    size_a, size_b = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
+    both_zero = (size_a <= 1e-30) & (size_b <= 1e-30)
+    cosine = (a * b).sum(axis=1) / np.maximum(size_a * size_b, 1e-30)
+    return np.where(both_zero, 1.0, cosine)
 
 
 def least_fp32(names: Sequence[str], cosines: Cosines, cases: Sequence[Case], min_cosine: float) -> list[str]:
