@@ -145,3 +145,32 @@ def test_a_model_that_fails_to_load_stops_the_start_with_its_log(tmp_path: Path)
         pass
     assert "exited with code 1 before it was ready" in str(caught.value)
     assert "broken at import" in str(caught.value)
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for its new parent to reap it counts)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1].startswith(("Z", "X"))
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+
+
+def test_what_spawn_starts_dies_with_the_process_that_started_it() -> None:
+    """export.serving.server.spawn (every server we start: tritonserver, nginx, Milvus,
+    SeaweedFS): killed with SIGKILL, the starting process leaves nothing running."""
+    script = (
+        "import time\n"
+        "from export.serving.server import spawn\n"
+        "print(spawn(['sleep', '120']).pid, flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    parent = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, cwd=root)
+    child = int(parent.stdout.readline())
+    assert not _gone(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not _gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _gone(child), "the spawned process outlived its parent"

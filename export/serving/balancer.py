@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.serving.server import ServerError, Started, die_with_parent, free_port, stop_group
+from export.serving.server import ServerError, Started, free_port, spawn, stop_group
 from export.serving.watchdog import processes
 
 INSTALL_HINT = "apt-get install -y nginx"
@@ -290,13 +290,8 @@ class Balancer(Started):
         for attempt in range(1, PORT_ATTEMPTS + 1):
             self._write(self.upstreams)
             with (self.workdir / "error.log").open("ab") as log:
-                self.process = subprocess.Popen(
-                    self._nginx("-g", "daemon off;"),
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
+                self.process = spawn(
+                    self._nginx("-g", "daemon off;"), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=log
                 )
             try:
                 self._wait_until_listening()

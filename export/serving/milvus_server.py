@@ -29,7 +29,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from export.serving.server import ServerError, Started, die_with_parent, free_port, stop_group
+from export.serving.server import ServerError, Started, free_port, spawn, stop_group
 
 VENV_VARIABLE = "MILVUS_SERVER_VENV"
 DEFAULT_VENV = Path(__file__).resolve().parents[2] / ".tools" / "milvus"
@@ -299,15 +299,13 @@ class MilvusServer(Started):
         env = self._prepare()
         with open(self.log_path, "ab") as log:
             offset = log.tell()
-            self.process = subprocess.Popen(
+            self.process = spawn(
                 [str(Path(env["LD_LIBRARY_PATH"]) / "milvus"), "run", "standalone"],
                 cwd=self.data,  # it reads configs/milvus.yaml from here
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                start_new_session=True,
-                preexec_fn=die_with_parent,
             )
         return offset
 

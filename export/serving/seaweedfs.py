@@ -22,7 +22,7 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from export.serving.server import ServerError, Started, die_with_parent, free_port, stop_group
+from export.serving.server import ServerError, Started, free_port, spawn, stop_group
 
 # What every client of the store (boto3 here, Triton's S3 client) needs in its environment.
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "any", "AWS_SECRET_ACCESS_KEY": "any", "AWS_DEFAULT_REGION": "us-east-1"}
@@ -83,13 +83,7 @@ class SeaweedFS(Started):
         for attempt in range(1, PORT_ATTEMPTS + 1):
             start = self.log.stat().st_size if self.log.exists() else 0
             with self.log.open("ab") as log:
-                self.process = subprocess.Popen(
-                    self.command(),
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    preexec_fn=die_with_parent,
-                )
+                self.process = spawn(self.command(), stdout=log, stderr=subprocess.STDOUT)
             try:
                 self._wait_until_ready(timeout)
                 return self

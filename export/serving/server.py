@@ -15,6 +15,7 @@ import ctypes
 import importlib.util
 import ipaddress
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -236,8 +237,22 @@ def stop_group(process: subprocess.Popen[bytes], first: int, timeout: float) -> 
 
 def die_with_parent() -> None:
     """In the child before exec: get SIGTERM if the launching process dies, so no server
-    outlives a killed `serve` or test run."""
+    outlives a killed `serve` or test run. Only where setpriv is missing (see `spawn`)."""
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def spawn(command: Sequence[str], **options) -> subprocess.Popen[bytes]:
+    """Start `command` in a session of its own, to get SIGTERM when this process dies.
+
+    The parent-death signal is set by util-linux's setpriv in front of the command, which then
+    execs it (same pid), not by a preexec_fn: a function run between fork and exec in a process
+    with threads can abort the child (seen in tests/test_replicas.py: a replica restarted while
+    gRPC client threads ran died of abseil's mutex check, SIGABRT, before exec). Without a
+    preexec_fn Python starts the child with vfork, and nothing runs before exec."""
+    setpriv = shutil.which("setpriv")
+    prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
+    hook = None if setpriv else die_with_parent
+    return subprocess.Popen([*prefix, *command], start_new_session=True, preexec_fn=hook, **options)
 
 
 def serving_flags(load_models: Sequence[str] = ("*",), *, cache_mb: int, admin_key: str | None) -> list[str]:
@@ -329,13 +344,11 @@ class TritonServer:
         install = TritonInstall.find()
         self._workdir = tempfile.TemporaryDirectory(prefix="tritonserver-")
         backends = install.backend_directory(Path(self._workdir.name))
-        self.process = subprocess.Popen(
+        self.process = spawn(
             self.command(backends, install),
             env=server_environment(install),
             stdout=self.log,
             stderr=subprocess.STDOUT if self.log else None,
-            start_new_session=True,
-            preexec_fn=die_with_parent,
         )
         return self
 
