@@ -264,18 +264,18 @@ def served_loads(
     stack: ExitStack,
     server: TritonServer,
     repository: Path,
-    texts: dict[str, list[str]],
+    texts: list[str],
+    mixed_texts: list[str],
     args: argparse.Namespace,
     work: Path,
 ) -> tuple[list[Load], list[Load], list[Load]]:
     """(MiniLM loads, tiny loads, mixed-length loads): every server started before any is
-    measured. `texts`: "short" and "mixed"."""
+    measured."""
     minilm, tiny, mixed = [], [], []
     if "mixed" in args.rows:
-        mixed.append(served_mixed(server, texts["mixed"], args.seconds, work))
+        mixed.append(served_mixed(server, mixed_texts, args.seconds, work))
         if "gateway" not in args.skip:
-            mixed.append(gateway(stack, server, repository, texts["mixed"], args.seconds, work, label=f"{MIXED} "))
-    texts = texts["short"]
+            mixed.append(gateway(stack, server, repository, mixed_texts, args.seconds, work, label=f"{MIXED} "))
     if "minilm" in args.rows:
         minilm.append(served_text(server, texts, args.seconds, work))
         if "gateway" not in args.skip:
@@ -325,8 +325,7 @@ def main() -> None:
         server = stack.enter_context(triton(repository, work / "triton.log"))
         # Every server is up before any is measured, and each concurrency level measures them
         # one after the other: drifts of this shared machine then hit all systems alike.
-        all_texts = {"short": texts, "mixed": mixed_texts}
-        minilm, tiny, mixed = served_loads(stack, server, repository, all_texts, args, work)
+        minilm, tiny, mixed = served_loads(stack, server, repository, texts, mixed_texts, args, work)
         for level in args.concurrency:
             for load in minilm:
                 text_rows += load(level)
