@@ -35,6 +35,12 @@ def _add_text(commands: argparse._SubParsersAction) -> None:
     text.add_argument("--prompt-name", help="prepend this named prompt of the model to every text")
     flags.add_limits(text, images=False)
     flags.add_switch(text, "--trust-remote-code", "allow the model's own Python code")
+    flags.add_switch(
+        text,
+        "--tokenize-in-encoder",
+        "python runtime: tokenize inside the encoder's model, one step instead of two (faster per request; "
+        "no admission by work, see docs/performance.md)",
+    )
     text.set_defaults(run=_run_text, resolve=lambda args: _default_name(args, text_model_name(args.model)))
 
 
@@ -170,6 +176,7 @@ def _run_text(args: argparse.Namespace) -> int:
         precision=args.precision,
         prompt_name=args.prompt_name,
         trust_remote_code=args.trust_remote_code,
+        tokenize_in_encoder=args.tokenize_in_encoder,
         **flags.limits(args),
     )
     result = export_text(options)

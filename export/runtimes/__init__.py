@@ -23,10 +23,21 @@ from export.repository import config as model_config
 from export.runtimes.encoder import ONNX_FILE, EncoderModel
 from export.runtimes.onnxruntime import onnxruntime_encoder
 from export.runtimes.options import DEFAULTS, ServingOptions, check_runtime
-from export.runtimes.python import python_encoder
+from export.runtimes.python import python_encoder, python_text_encoder
 from export.runtimes.tensorrt import check_available, tensorrt_encoder
+from export.steps.writers import TokenizerSettings
+from triton_embeddings.names import TensorSpec
 
-__all__ = ["DEFAULTS", "ONNX_FILE", "RUNTIMES", "EncoderModel", "ServingOptions", "check_runtime", "write_encoder"]
+__all__ = [
+    "DEFAULTS",
+    "ONNX_FILE",
+    "RUNTIMES",
+    "EncoderModel",
+    "ServingOptions",
+    "check_runtime",
+    "write_encoder",
+    "write_text_encoder",
+]
 
 RUNTIMES: dict[str, Callable[[Path, EncoderModel, ServingOptions], mc.ModelConfig]] = {
     "python": python_encoder,
@@ -45,5 +56,17 @@ def write_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOption
     """Write config.pbtxt (and model.py or an engine where the runtime needs one) beside the
     ONNX file."""
     config = RUNTIMES[serving.runtime](model_dir, encoder, serving)
+    model_config.write_config(config, model_dir)
+    return config
+
+
+def write_text_encoder(
+    model_dir: Path, encoder: EncoderModel, serving: ServingOptions, tokenizer: TokenizerSettings, text: TensorSpec
+) -> mc.ModelConfig:
+    """An encoder that tokenizes `text` itself (python runtime only: the tokenizer runs in its
+    Python-backend model); config.pbtxt, model.py and tokenizer.json beside the ONNX file."""
+    if serving.runtime != "python":
+        raise ValueError(f"only the python runtime tokenizes inside the encoder, not {serving.runtime!r}")
+    config = python_text_encoder(model_dir, encoder, serving, tokenizer, text)
     model_config.write_config(config, model_dir)
     return config

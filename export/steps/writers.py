@@ -45,18 +45,25 @@ from triton_embeddings.names import (
 
 STEPS = Path(__file__).parent  # one folder per step kind: model.py and its helper module
 SHARED_MODULES = (STEPS / "admission.py",)  # helpers of several steps, copied beside each model.py
+# Steps whose model.py builds on other steps' modules (copied beside it, without their model.py).
+BUILDS_ON = {"text_encoder": ("onnx_encoder", "tokenizer")}
 TOKENIZER_FILE = "tokenizer.json"
 DECODING_FILE = "decoding.json"
 
 
 def add_python_model(model_dir: Path, kind: str) -> Path:
     """Copy the Python-backend `model.py` of `kind` (a folder of export/steps) and
-    the helper modules beside it into the model's version folder."""
+    the helper modules beside it (and those of the steps it builds on) into the model's
+    version folder."""
     source = STEPS / kind
     if not (source / "model.py").is_file():
         raise FileNotFoundError(f"no Python-backend model named {kind!r} in {STEPS}")
     target = version_dir(model_dir)
-    for module in [*source.glob("*.py"), *SHARED_MODULES]:
+    helpers = [module for other in BUILDS_ON.get(kind, ()) for module in (STEPS / other).glob("*.py")]
+    for module in [*helpers, *SHARED_MODULES]:
+        if module.name not in ("__init__.py", "model.py"):
+            shutil.copyfile(module, target / module.name)
+    for module in source.glob("*.py"):
         if module.name != "__init__.py":
             shutil.copyfile(module, target / module.name)
     return target / "model.py"
@@ -101,6 +108,10 @@ class TokenizerSettings:
         encodings = self.load().encode_batch([CLEANERS[self.clean](self.prefix + text) for text in texts])
         return token_arrays(encodings, {spec.name: spec.numpy_dtype for spec in outputs})
 
+    def write_file(self, model_dir: Path) -> None:
+        """The tokenizer.json that `parameters()` names, in the model's version folder."""
+        (version_dir(model_dir) / TOKENIZER_FILE).write_text(self.tokenizer_json, encoding="utf-8")
+
     def parameters(self) -> dict[str, str]:
         values = asdict(self)
         del values["tokenizer_json"]  # a file of its own
@@ -118,7 +129,7 @@ def write_tokenizer(
 ) -> None:
     """`admission`: the encoder and wait budget each request is admitted against (None: none)."""
     add_python_model(model_dir, "tokenizer")
-    (version_dir(model_dir) / TOKENIZER_FILE).write_text(settings.tokenizer_json, encoding="utf-8")
+    settings.write_file(model_dir)
     parameters = settings.parameters() | (admission.parameters() if admission else {})
     config = model_config.python_model(name, [model_config.model_input(text)], outputs, batching, parameters)
     model_config.write_config(config, model_dir)

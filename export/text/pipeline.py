@@ -4,6 +4,9 @@ Three models, named by `names.TextPipelineNames`:
 - `<name>_tokenizer`: Python backend, TEXT -> token tensors (tokenizers, batch-wide padding);
 - `<name>_encoder`: the ONNX graph (transformer, pooling, normalize) on the chosen runtime;
 - `<name>`: the ensemble clients call, TEXT -> EMBEDDING.
+
+With `tokenize_in_encoder` (python runtime), two: `<name>_encoder` takes TEXT and tokenizes
+itself (steps/text_encoder), and the ensemble has that one step.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from export import runtimes
+from export.errors import InvalidArgumentError
 from export.exporter import pre_checks, precision_pass, write_ensemble
 from export.precision.int8 import CALIBRATION_ODD_TEXTS, CALIBRATION_TEXTS
 from export.repository.config import EnsembleStep
@@ -46,6 +50,29 @@ class TextExportOptions:
     max_text_bytes: int = TokenizerSettings.max_text_bytes
     prompt_name: str | None = None
     trust_remote_code: bool = False
+    tokenize_in_encoder: bool = False
+
+    def __post_init__(self) -> None:
+        if not self.tokenize_in_encoder:
+            return
+        if self.serving.runtime != "python":
+            raise InvalidArgumentError("--tokenize-in-encoder applies to --runtime python (a Python-backend encoder)")
+        if self.serving.max_wait_ms:
+            raise InvalidArgumentError(
+                "--max-wait-ms needs the tokenizer step: it admits requests before they queue for the encoder; "
+                "with --tokenize-in-encoder, bound the queue with --max-queue-size and --queue-timeout-ms"
+            )
+        if self.serving.step_instances:
+            raise InvalidArgumentError("--tokenizer-instances needs the tokenizer step; --instances counts encoders")
+
+    def served(self) -> ServingOptions:
+        """The serving options as exported: with the tokenizer in the encoder there is no step
+        to admit by work, and no queue bound unless asked for (a queue policy costs Triton's
+        batcher its prefetching: docs/performance.md, "The 500 ms stall")."""
+        if not self.tokenize_in_encoder:
+            return self.serving
+        queue, timeout = self.serving.max_queue_size, self.serving.queue_timeout_ms
+        return replace(self.serving, max_wait_ms=0, max_queue_size=queue or 0, queue_timeout_ms=timeout or 0)
 
 
 @dataclass(frozen=True)
@@ -59,7 +86,8 @@ class TextExport:
 def export_text(options: TextExportOptions) -> TextExport:
     """Load, convert, check against sentence-transformers, then write the three models."""
     names = TextPipelineNames(options.name)
-    tokenizer_batching, encoder_batching = pre_checks(names.ensemble, options.serving, options.precision)
+    serving = options.served()
+    tokenizer_batching, encoder_batching = pre_checks(names.ensemble, serving, options.precision)
     text_model = load_text_model(
         options.model,
         max_length=options.max_length,
@@ -69,11 +97,11 @@ def export_text(options: TextExportOptions) -> TextExport:
     record = PipelineRecord(
         name=names.ensemble,
         kind="text",
-        runtime=options.serving.runtime,
+        runtime=serving.runtime,
         precision=options.precision,
         embedding_size=text_model.dimension,
         ensembles=(names.ensemble,),
-        steps=names.steps,
+        steps=(names.encoder,) if options.tokenize_in_encoder else names.steps,
     )
     with staged_pipeline(options.repository, record) as staging:
         onnx_path = version_dir(staging / names.encoder) / ONNX_FILE
@@ -95,17 +123,21 @@ def export_text(options: TextExportOptions) -> TextExport:
             padding_side=text_model.tokenizer.padding_side,
             precision=options.precision,
         )
-        runtimes.write_encoder(staging / names.encoder, encoder, options.serving)
-        write_tokenizer(
-            staging / names.tokenizer,
-            names.tokenizer,
-            replace(text_model.tokenizer, max_text_bytes=options.max_text_bytes),
-            TEXT,
-            text_model.inputs,
-            tokenizer_batching,
-            options.serving.admission(names.encoder),
-        )
-        write_text_ensemble(staging / names.ensemble, names, text_model, options.serving, record)
+        tokenizer = replace(text_model.tokenizer, max_text_bytes=options.max_text_bytes)
+        if options.tokenize_in_encoder:
+            runtimes.write_text_encoder(staging / names.encoder, encoder, serving, tokenizer, TEXT)
+        else:
+            runtimes.write_encoder(staging / names.encoder, encoder, serving)
+            write_tokenizer(
+                staging / names.tokenizer,
+                names.tokenizer,
+                tokenizer,
+                TEXT,
+                text_model.inputs,
+                tokenizer_batching,
+                serving.admission(names.encoder),
+            )
+        write_text_ensemble(staging / names.ensemble, names, text_model, serving, record)
     return TextExport(record, text_model.tokenizer.max_length, agreement, options.repository)
 
 
@@ -121,12 +153,16 @@ def _calibration_feeds(text_model: TextModel, batch: int = 32) -> Iterator[dict[
 def write_text_ensemble(
     model_dir: Path, names: TextPipelineNames, text_model: TextModel, serving: ServingOptions, record: PipelineRecord
 ) -> None:
-    """TEXT -> tokenizer -> token tensors -> encoder -> EMBEDDING."""
+    """TEXT -> tokenizer -> token tensors -> encoder -> EMBEDDING, or TEXT -> encoder ->
+    EMBEDDING when the encoder tokenizes (the record's steps say which)."""
     output = EMBEDDING.with_dims(text_model.dimension)
-    steps = [
-        EnsembleStep.chain(names.tokenizer, [TEXT], text_model.inputs),
-        EnsembleStep.chain(names.encoder, text_model.inputs, [output]),
-    ]
+    if record.steps == (names.encoder,):
+        steps = [EnsembleStep.chain(names.encoder, [TEXT], [output])]
+    else:
+        steps = [
+            EnsembleStep.chain(names.tokenizer, [TEXT], text_model.inputs),
+            EnsembleStep.chain(names.encoder, text_model.inputs, [output]),
+        ]
     max_batch_size = serving.batching()[1].max_batch_size
     write_ensemble(
         model_dir, [TEXT], [output], steps, max_batch_size, record.parameters(), response_cache=serving.cache()

@@ -15,27 +15,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 from admission import Admission, work_units
-from tokenization import CLEANERS, load_tokenizer, token_arrays
-
-
-def _decode_texts(texts: np.ndarray, input_name: str, max_bytes: int) -> list[str]:
-    """Decode a [batch, 1] BYTES tensor; name the first bad element in the error."""
-    decoded = []
-    for index, raw in enumerate(texts.reshape(-1)):
-        if len(raw) > max_bytes:
-            raise ValueError(f"{input_name}[{index}] is {len(raw)} bytes, more than the limit of {max_bytes}")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as error:
-            reason = f"{error.reason} at byte {error.start}"
-            raise ValueError(f"{input_name}[{index}] is not valid UTF-8: {reason}") from None
-        if not text:
-            raise ValueError(f"{input_name}[{index}] is an empty string; send at least one character")
-        decoded.append(text)
-    return decoded
+from tokenization import CLEANERS, decode_texts, token_arrays, tokenizer_from_parameters
 
 
 class TritonPythonModel:
@@ -49,14 +31,7 @@ class TritonPythonModel:
         self.max_text_bytes = int(params.get("max_text_bytes", 1 << 20))
         self.clean = CLEANERS[params.get("clean", "none")]
         folder = Path(args["model_repository"]) / args["model_version"]
-        self.tokenizer = load_tokenizer(
-            (folder / params["tokenizer_file"]).read_text(encoding="utf-8"),
-            max_length=int(params["max_length"]),
-            padding_side=params["padding_side"],
-            pad_token_id=int(params["pad_token_id"]),
-            pad_token=params["pad_token"],
-            pad_to_length=self.pad_to_length,
-        )
+        self.tokenizer = tokenizer_from_parameters(params, folder)
         self.admission = Admission.from_parameters(params)
 
     def finalize(self) -> None:
@@ -80,7 +55,7 @@ class TritonPythonModel:
         for request in requests:
             tensor = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
             try:
-                decoded = _decode_texts(tensor, self.input_name, self.max_text_bytes)
+                decoded = decode_texts(tensor, self.input_name, self.max_text_bytes)
                 refused = self._refused()  # before the tokenizer spends time on texts it would refuse
                 texts.append([] if refused else [self.clean(self.prefix + text) for text in decoded])
                 errors.append(refused)

@@ -1,7 +1,8 @@
 """How the served tokenizer turns texts into token id arrays (tokenizers, numpy, ftfy only).
 
-Shared by the tokenizer model.py (in Triton) and the exporter, which checks it against the
-reference library's own tokenization before writing a model.
+Shared by the steps that tokenize (the tokenizer's and text_encoder's model.py, in Triton) and
+the exporter, which checks it against the reference library's own tokenization before writing
+a model.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import html
 import string
 from collections.abc import Callable, Mapping
+from pathlib import Path
 
 import numpy as np
 from tokenizers import Encoding, Tokenizer
@@ -54,6 +56,35 @@ def load_tokenizer(
         direction=padding_side, pad_id=pad_token_id, pad_token=pad_token, length=pad_to_length or None
     )
     return tokenizer
+
+
+def tokenizer_from_parameters(params: Mapping[str, str], folder: Path) -> Tokenizer:
+    """The tokenizer a step's config parameters describe (writers.TokenizerSettings)."""
+    return load_tokenizer(
+        (folder / params["tokenizer_file"]).read_text(encoding="utf-8"),
+        max_length=int(params["max_length"]),
+        padding_side=params["padding_side"],
+        pad_token_id=int(params["pad_token_id"]),
+        pad_token=params["pad_token"],
+        pad_to_length=int(params.get("pad_to_length", "0")),
+    )
+
+
+def decode_texts(texts: np.ndarray, input_name: str, max_bytes: int) -> list[str]:
+    """Decode a [batch, 1] BYTES tensor; name the first bad element in the error."""
+    decoded = []
+    for index, raw in enumerate(texts.reshape(-1)):
+        if len(raw) > max_bytes:
+            raise ValueError(f"{input_name}[{index}] is {len(raw)} bytes, more than the limit of {max_bytes}")
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as error:
+            reason = f"{error.reason} at byte {error.start}"
+            raise ValueError(f"{input_name}[{index}] is not valid UTF-8: {reason}") from None
+        if not text:
+            raise ValueError(f"{input_name}[{index}] is an empty string; send at least one character")
+        decoded.append(text)
+    return decoded
 
 
 def token_arrays(encodings: list[Encoding], dtypes: Mapping[str, type[np.generic]]) -> dict[str, np.ndarray]:

@@ -1,0 +1,57 @@
+"""Triton Python-backend model: texts in, embeddings out, tokenizer and encoder in one process.
+
+The same work as the tokenizer step followed by the onnx_encoder step (tokenization.py, then
+encoding.py), without the hop between them: one stub round trip and one ensemble step fewer
+per request, which is most of the serving path's fixed cost (docs/performance.md, "Tokenizer
+and encoder in one step"). The price: tokenizing no longer overlaps encoding in another
+process, and there is no entry step to admit requests by work before they queue here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+from encoding import OnnxEncoder, invalid
+from tokenization import CLEANERS, decode_texts, token_arrays, tokenizer_from_parameters
+
+
+class TritonPythonModel(OnnxEncoder):
+    def initialize(self, args: dict[str, str]) -> None:
+        super().initialize(args)
+        config = json.loads(args["model_config"])
+        params = {key: value["string_value"] for key, value in config["parameters"].items()}
+        self.text_input = config["input"][0]["name"]
+        # The graph's token inputs, in the order the encoder feeds them, and their dtypes.
+        self.token_dtypes = {name: np.dtype(dtype) for name, dtype in json.loads(params["token_inputs"]).items()}
+        self.input_names = list(self.token_dtypes)
+        self.prefix = params.get("prefix", "")
+        self.clean = CLEANERS[params.get("clean", "none")]
+        self.max_text_bytes = int(params.get("max_text_bytes", 1 << 20))
+        folder = Path(args["model_repository"]) / args["model_version"]
+        self.tokenizer = tokenizer_from_parameters(params, folder)
+
+    def _inputs(self, requests: list) -> list:
+        """All texts of the batch tokenized in one call; a request with a bad text is refused
+        alone, naming it."""
+        texts: list = []  # per request: its cleaned texts, or the response refusing it
+        for request in requests:
+            tensor = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
+            try:
+                decoded = decode_texts(tensor, self.text_input, self.max_text_bytes)
+            except ValueError as error:
+                texts.append(invalid(str(error)))
+                continue
+            texts.append([self.clean(self.prefix + text) for text in decoded] or invalid("the request holds no texts"))
+        encodings = self.tokenizer.encode_batch([text for batch in texts if isinstance(batch, list) for text in batch])
+        found, start = [], 0
+        for batch in texts:
+            if not isinstance(batch, list):
+                found.append(batch)
+                continue
+            arrays = token_arrays(encodings[start : start + len(batch)], self.token_dtypes)
+            start += len(batch)
+            found.append([arrays[name] for name in self.input_names])
+        return found
