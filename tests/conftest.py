@@ -38,6 +38,11 @@ CLIP_INT8 = "clip-vit-b-32-int8"  # clip-vit-b-32's weights, --precision int8, w
 CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
 CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
 DOCS = "docs"  # a search collection over the default text pipeline (embedded engine)
+# --tokenize-in-encoder: the default model, and the prompted decoder with slow batching (so a
+# burst shares executions), and a collection over the first.
+ONE_STEP = "all-MiniLM-L6-v2-one-step"
+ONE_STEP_PROMPTED = "tiny-decoder-query-one-step"
+ONE_STEP_DOCS = "one-step-docs"
 PHOTOS = "photos"  # a search collection over clip-vit-b-32
 
 
@@ -73,6 +78,12 @@ def repository(
     decoder = str(tiny_models["tiny-decoder"].path)
     options = TextExportOptions(model=decoder, name=PROMPTED, repository=repo, prompt_name="query", max_length=16)
     export_text(options)
+    export_text(TextExportOptions(str(default_model_path()), ONE_STEP, repo, tokenize_in_encoder=True))
+    serving = ServingOptions(max_queue_delay_us=SLOW_BATCHING_DELAY_US)
+    options = TextExportOptions(
+        decoder, ONE_STEP_PROMPTED, repo, serving, prompt_name="query", max_length=16, tokenize_in_encoder=True
+    )
+    export_text(options)
     serving = ServingOptions(queue_timeout_ms=IMPATIENT_TIMEOUT_MS)
     export_text(TextExportOptions(str(tiny_models["tiny-bert"].path), IMPATIENT, repo, serving=serving))
     serving = ServingOptions(response_cache=True)
@@ -90,6 +101,7 @@ def repository(
     )
     export_collection(CollectionOptions(DOCS, DEFAULT_TEXT_PIPELINE, repo))
     export_collection(CollectionOptions(PHOTOS, "clip-vit-b-32", repo, max_top_k=100))
+    export_collection(CollectionOptions(ONE_STEP_DOCS, ONE_STEP, repo))
     return repo
 
 

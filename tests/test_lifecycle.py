@@ -18,7 +18,7 @@ from export.repository.records import pipelines, remove_pipeline
 from export.runtimes import ServingOptions
 from export.serving.server import ServerOptions, TritonServer, free_port
 from export.text.pipeline import TextExportOptions, export_text
-from tests.conftest import CLIP_INT8, DOCS, INT8, PHOTOS
+from tests.conftest import CLIP_INT8, DOCS, INT8, ONE_STEP, ONE_STEP_DOCS, ONE_STEP_PROMPTED, PHOTOS
 from tests.helpers import embed_http
 from triton_embeddings.names import ClipPipelineNames, TextPipelineNames
 
@@ -36,6 +36,9 @@ EXPECTED = {  # name: (kind, embedding size)
     "clip-tiny": ("clip", 32),
     DOCS: ("search", 384),  # collections are listed beside the pipelines they embed with
     PHOTOS: ("search", 512),
+    ONE_STEP: ("text", 384),
+    ONE_STEP_PROMPTED: ("text", 24),
+    ONE_STEP_DOCS: ("search", 384),
 }
 
 
