@@ -6,7 +6,7 @@ text per request, at each concurrency:
      batch 1 and 32;
   2. sentence-transformers in-process (`encode`), batch 1 and 32;
   3. this project's ensemble over gRPC and HTTP (perf_analyzer), and HTTP JSON (wrk); the
-     int8 pipeline over gRPC;
+     int8 pipeline, and the fp32 one exported with --tokenize-in-encoder, over gRPC;
   4. a minimal FastAPI gateway in front of the same Triton (benchmarks/fastapi_gateway.py),
      tokenizing in the gateway (wrk);
   5. infinity-emb serving the same local folder on the CPU (wrk; `make bench-tools` installs
@@ -23,8 +23,9 @@ onnxruntime in-process at batch 32, the ensembles over gRPC, the FastAPI gateway
 
 GPU proxy (`--rows tiny`, benchmarks/gpu_proxy.py): the same texts and tokenizer with a
 2-layer, 32-wide random BERT as the encoder, so the serving path dominates as on a GPU: the
-ensemble over gRPC and HTTP, the FastAPI gateway, infinity-emb and onnxruntime in-process on
-that tiny model.
+ensemble over gRPC and HTTP (and over gRPC exported with --tokenize-in-encoder, two instances
+of one thread), the FastAPI gateway, infinity-emb and onnxruntime in-process on that tiny
+model.
 
 Load generators are compiled (perf_analyzer, wrk) and their CPU share is reported. Writes
 text, tiny and image tables (markdown) and charts (PNG) to --out.
@@ -78,17 +79,25 @@ MIXED = "mixed:"  # the mixed-length rows' prefix
 INT8 = TextPipelineNames(DEFAULT_INT8_PIPELINE)
 TINY = "tiny:"  # the GPU-proxy rows' prefix
 TINY_STABILITY = 200  # percent: sub-millisecond p99s swing more than 50% between windows here
+ONE_STEP = f"{DEFAULT_TEXT_PIPELINE}-one-step"  # --tokenize-in-encoder
+TINY_ONE_STEP = f"{TINY_PIPELINE}-one-step"  # --tokenize-in-encoder --instances 2 --intra-op-threads 1
 
 
 def export_models(repository: Path, rows: list[str], images: bool, tiny_folder: Path) -> None:
     from export.clip.pipeline import ClipExportOptions, export_clip
+    from export.runtimes import ServingOptions
     from export.text.pipeline import TextExportOptions, export_text
 
     if "minilm" in rows or "mixed" in rows:
         export_text(TextExportOptions(str(default_model_path()), DEFAULT_TEXT_PIPELINE, repository))
         export_text(TextExportOptions(str(default_model_path()), DEFAULT_INT8_PIPELINE, repository, precision="int8"))
+        export_text(TextExportOptions(str(default_model_path()), ONE_STEP, repository, tokenize_in_encoder=True))
     if "tiny" in rows:
-        export_text(TextExportOptions(str(tiny_model_folder(tiny_folder)), TINY_PIPELINE, repository))
+        tiny = str(tiny_model_folder(tiny_folder))
+        export_text(TextExportOptions(tiny, TINY_PIPELINE, repository))
+        # One step needs a second process to overlap tokenizing with encoding (docs/performance.md).
+        serving = ServingOptions(instances=2, intra_op_threads=1)
+        export_text(TextExportOptions(tiny, TINY_ONE_STEP, repository, serving, tokenize_in_encoder=True))
     if images:
         export_clip(ClipExportOptions("ViT-B-32", CLIP.name, "none", repository))
         export_clip(ClipExportOptions("ViT-B-32", CLIP_INT8.name, "none", repository, precision="int8"))
@@ -129,14 +138,21 @@ def in_process_tiny(repository: Path, texts: list[str], seconds: float) -> list[
 
 
 def served_tiny(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:
-    """The tiny pipeline's ensemble over gRPC and HTTP (perf_analyzer)."""
+    """The tiny pipeline's ensemble over gRPC and HTTP, and its one-step export over gRPC
+    (perf_analyzer)."""
     input_file = write_input_data(work / "tiny", TEXT, texts)
+    grpc, http = server.options.grpc_url, server.options.http_url
+    systems = (
+        ("grpc", grpc, TINY_PIPELINE, ""),
+        ("http", http, TINY_PIPELINE, ""),
+        ("grpc", grpc, TINY_ONE_STEP, " one step"),
+    )
 
     def load(level: int) -> list[Row]:
         return [
             perf_row(
-                f"{TINY} Triton {protocol} (perf_analyzer)",
-                TINY_PIPELINE,
+                f"{TINY} Triton {protocol}{label} (perf_analyzer)",
+                pipeline,
                 url,
                 input_file,
                 level,
@@ -144,7 +160,7 @@ def served_tiny(server: TritonServer, texts: list[str], seconds: float, work: Pa
                 protocol,
                 stability_percentage=TINY_STABILITY,
             )
-            for protocol, url in (("grpc", server.options.grpc_url), ("http", server.options.http_url))
+            for protocol, url, pipeline, label in systems
         ]
 
     return load
@@ -175,8 +191,9 @@ def served_text(server: TritonServer, texts: list[str], seconds: float, work: Pa
         for protocol, url in (("grpc", server.options.grpc_url), ("http", server.options.http_url)):
             system = f"Triton {protocol} (perf_analyzer)"
             rows.append(perf_row(system, DEFAULT_TEXT_PIPELINE, url, input_file, level, seconds, protocol))
-        int8 = "Triton grpc int8 (perf_analyzer)"
-        rows.append(perf_row(int8, INT8.ensemble, server.options.grpc_url, input_file, level, seconds, "grpc"))
+        for label, pipeline in ((" int8", INT8.ensemble), (" one step", ONE_STEP)):
+            system = f"Triton grpc{label} (perf_analyzer)"
+            rows.append(perf_row(system, pipeline, server.options.grpc_url, input_file, level, seconds, "grpc"))
         return [*rows, run_wrk("Triton HTTP JSON (wrk)", infer_url, bodies, level, seconds)]
 
     return load
