@@ -160,7 +160,9 @@ def test_a_short_query_batched_with_long_passages_leaves_first(server, grpc_clie
     """The encoder answers each request when its own rows are done, shortest first: a query
     merged into one batch with long passages does not wait for them. It leaves ahead of them by
     at least half the time the passages take alone (measured first: a fixed margin in seconds
-    failed on a faster CPU, where four passages take under 50 ms)."""
+    failed on a faster CPU, where four passages take under 50 ms). The request ahead that keeps
+    the encoder busy while the two queue is sized from that measurement too, to about 0.6 s:
+    eight passages, about 0.15 s on that CPU, once ended before both had queued."""
     encoder = TextPipelineNames(MODEL).encoder
     passages = [text for text in payloads.texts(600, seed=13) if len(text.split()) > 300]
     query = payloads.short_texts(1, seed=3)
@@ -169,6 +171,7 @@ def test_a_short_query_batched_with_long_passages_leaves_first(server, grpc_clie
     began = time.monotonic()
     embed_grpc(grpc_client, MODEL, passages[8:12])
     alone = time.monotonic() - began
+    blocking = passages[12:][: max(8, min(48, int(np.ceil(0.6 / (alone / 4)))))]
 
     def executions() -> int:
         return grpc_client.get_inference_statistics(encoder).model_stats[0].execution_count
@@ -181,7 +184,7 @@ def test_a_short_query_batched_with_long_passages_leaves_first(server, grpc_clie
                 return embeddings, time.monotonic()
 
             before = executions()
-            blocker = asyncio.create_task(timed(passages[:8]))  # keeps the encoder busy...
+            blocker = asyncio.create_task(timed(blocking))  # keeps the encoder busy...
             await asyncio.sleep(0.1)  # ...while the two below queue behind it, to be merged
             long, short = await asyncio.gather(timed(passages[8:12]), timed(query))
             await blocker
