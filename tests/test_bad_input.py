@@ -15,6 +15,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
+from tests.conftest import ONE_STEP_PROMPTED
 from tests.helpers import counts, embed_grpc, post_infer, text_array
 from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
 
@@ -59,14 +60,20 @@ def test_non_utf8_text_names_the_element(server, grpc_client) -> None:
     assert_still_serving(server, grpc_client)
 
 
-def test_bad_request_in_a_batched_group_fails_alone(grpc_client) -> None:
-    """tiny-bert's steps wait 200 ms to fill a batch, so these requests share executions."""
-    model = "tiny-bert"
+@pytest.mark.parametrize(
+    ("model", "first_step"),
+    [
+        ("tiny-bert", TextPipelineNames("tiny-bert").tokenizer),
+        (ONE_STEP_PROMPTED, TextPipelineNames(ONE_STEP_PROMPTED).encoder),
+    ],
+)
+def test_bad_request_in_a_batched_group_fails_alone(grpc_client, model: str, first_step: str) -> None:
+    """Both pipelines' first steps wait 200 ms to fill a batch, so these requests share
+    executions: the tokenizer step, and the encoder that tokenizes (--tokenize-in-encoder)."""
     good = [["first text"], ["second", "and third"], ["a fourth one"], ["fifth"], ["sixth", "seventh"]]
     bad = {5: [b"ok", b"\xc3\x28"], 6: [b""]}  # invalid UTF-8 continuation; empty string
     expected = [embed_grpc(grpc_client, model, texts) for texts in good]
-    tokenizer = TextPipelineNames(model).tokenizer
-    inferences_before, executions_before = counts(grpc_client, tokenizer)
+    inferences_before, executions_before = counts(grpc_client, first_step)
 
     def send(texts: list) -> np.ndarray | InferenceServerException:
         tensor = grpcclient.InferInput(TEXT.name, [len(texts), 1], TEXT.datatype)
@@ -80,13 +87,15 @@ def test_bad_request_in_a_batched_group_fails_alone(grpc_client) -> None:
     with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
         results = list(pool.map(send, requests))
 
-    inferences, executions = counts(grpc_client, tokenizer)
+    inferences, executions = counts(grpc_client, first_step)
     assert executions - executions_before < len(requests) <= inferences - inferences_before
     for got, want in zip(results[: len(good)], expected, strict=True):
         assert isinstance(got, np.ndarray), got
         np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
     assert "TEXT[1] is not valid UTF-8" in results[5].message()
     assert "TEXT[0] is an empty string" in results[6].message()
+    assert results[5].status() == "StatusCode.INVALID_ARGUMENT"
+    assert grpc_client.is_model_ready(model)
 
 
 def test_encoder_called_directly_with_mismatched_inputs(grpc_client) -> None:

@@ -3,8 +3,9 @@
 On the session server: parity as tests/test_parity.py states it (cosine >= 0.99999, max abs
 diff <= 1e-4 per embedding against sentence-transformers) for texts of every length sent as
 concurrent requests, so that executions merge requests of different lengths and run them in
-length groups; a bad text refused alone in a shared execution; search over a one-step
-pipeline. Without a server: the layout written, and what the option refuses.
+length groups; search over a one-step pipeline (a bad text refused alone in a shared
+execution: tests/test_bad_input.py). Without a server: the layout written, and what the
+option refuses.
 """
 
 from __future__ import annotations
@@ -18,7 +19,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 from sentence_transformers import SentenceTransformer
-from tritonclient.utils import InferenceServerException
 
 from export.errors import InvalidArgumentError
 from export.repository.config import read_config
@@ -27,10 +27,10 @@ from export.runtimes import ServingOptions
 from export.text.pipeline import TextExportOptions
 from export.tools.corpus import corpus, long_texts
 from tests.conftest import ONE_STEP, ONE_STEP_DOCS, ONE_STEP_PROMPTED
-from tests.helpers import counts, embed_grpc, embed_many, text_array
+from tests.helpers import embed_grpc, embed_many
 from tests.test_parity import assert_parity
 from triton_embeddings import EmbeddingClient
-from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, EMBEDDING, TEXT, TextPipelineNames
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TEXT, TextPipelineNames
 
 
 def embed_concurrently(client: grpcclient.InferenceServerClient, model: str, texts: list[str]) -> np.ndarray:
@@ -58,40 +58,6 @@ def test_prompt_max_length_and_left_padding_apply_in_the_encoder(grpc_client, ti
     texts = corpus(60, seed=6)
     served = embed_concurrently(grpc_client, ONE_STEP_PROMPTED, texts)
     assert_parity(served, reference.encode(texts, prompt_name="query"), texts)
-
-
-def test_a_bad_text_in_a_shared_execution_fails_alone(grpc_client) -> None:
-    """The prompted one-step pipeline waits 200 ms to fill a batch: these requests share executions."""
-    model = ONE_STEP_PROMPTED
-    good = [["first text"], ["second", "and third"], ["a fourth one"], ["fifth"], ["sixth", "seventh"]]
-    bad = [[b"ok", b"\xc3\x28"], [b""], []]  # invalid UTF-8; an empty string; no texts at all
-    expected = [embed_grpc(grpc_client, model, texts) for texts in good]
-    encoder = TextPipelineNames(model).encoder
-    inferences_before, executions_before = counts(grpc_client, encoder)
-
-    def send(texts: list) -> np.ndarray | InferenceServerException:
-        tensor = grpcclient.InferInput(TEXT.name, [len(texts), 1], TEXT.datatype)
-        tensor.set_data_from_numpy(text_array(texts))
-        try:
-            return grpc_client.infer(model, [tensor]).as_numpy(EMBEDDING.name)
-        except InferenceServerException as error:
-            return error
-
-    requests = good + bad
-    with concurrent.futures.ThreadPoolExecutor(len(requests)) as pool:
-        results = list(pool.map(send, requests))
-
-    inferences, executions = counts(grpc_client, encoder)
-    assert executions - executions_before < len(good) + 2 <= inferences - inferences_before
-    for got, want in zip(results[: len(good)], expected, strict=True):
-        assert isinstance(got, np.ndarray), got
-        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
-    invalid_utf8, empty, nothing = results[len(good) :]
-    assert "TEXT[1] is not valid UTF-8" in invalid_utf8.message()
-    assert invalid_utf8.status() == "StatusCode.INVALID_ARGUMENT"
-    assert "TEXT[0] is an empty string" in empty.message()
-    assert isinstance(nothing, InferenceServerException)  # Triton or the step refuses it, by name
-    assert grpc_client.is_model_ready(encoder)
 
 
 def test_search_over_a_one_step_pipeline(server, default_st_model) -> None:
