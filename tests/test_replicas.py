@@ -294,7 +294,11 @@ def test_serve_with_replicas_puts_the_balancer_in_front_and_stops_cleanly(releas
             time.sleep(0.5)
         with EmbeddingClient(f"127.0.0.1:{grpc}") as client:
             assert client.embed_text(MODEL, ["through the balancer"]).shape == (1, HIDDEN)
-        assert "2 replica(s) behind nginx" in (tmp_path / "serve.log").read_text()
+        # nginx answers as soon as it is up, a moment before the command prints its addresses.
+        deadline = time.monotonic() + 30
+        while "2 replica(s) behind nginx" not in (tmp_path / "serve.log").read_text():
+            assert time.monotonic() < deadline, (tmp_path / "serve.log").read_text()
+            time.sleep(0.1)
         started = descendants(serving.pid)  # tritonservers, their stubs, nginx and its workers
         assert len(started) >= 2 * 3 + 2, started
     finally:
