@@ -161,8 +161,12 @@ def test_a_short_query_batched_with_long_passages_leaves_first(server, grpc_clie
     merged into one batch with long passages does not wait for them. It leaves ahead of them by
     at least half the time the passages take alone (measured first: a fixed margin in seconds
     failed on a faster CPU, where four passages take under 50 ms). The request ahead that keeps
-    the encoder busy while the two queue is sized from that measurement too, to about 0.6 s:
-    eight passages, about 0.15 s on that CPU, once ended before both had queued."""
+    the encoder busy while the two queue is sized from that measurement too, to about 0.6 s.
+    Whether the two queued requests are merged is Triton's batcher's choice, not ours: on the
+    faster CPU the tokenizer step often passes them on separately, and the batcher, which
+    prepares its next batch while the encoder is busy, then sometimes runs them apart (2 of 4
+    fresh runs). So the scenario is repeated, up to five times, until they are merged; what
+    is asserted is how a merged batch answers, and a merge must happen at all."""
     encoder = TextPipelineNames(MODEL).encoder
     passages = [text for text in payloads.texts(600, seed=13) if len(text.split()) > 300]
     query = payloads.short_texts(1, seed=3)
@@ -191,8 +195,13 @@ def test_a_short_query_batched_with_long_passages_leaves_first(server, grpc_clie
             np.testing.assert_allclose(short[0], expected, atol=1e-5, rtol=0)
             return short[1], long[1], executions() - before
 
-    short_done, long_done, runs = asyncio.run(run())
-    assert runs <= 2, f"{runs} encoder executions: the query was not merged with passages"
+    attempts = []
+    for _ in range(5):
+        short_done, long_done, runs = asyncio.run(run())
+        attempts.append(runs)
+        if runs <= 2:
+            break
+    assert attempts[-1] <= 2, f"encoder executions per attempt {attempts}: the query was never merged with passages"
     ahead = long_done - short_done
     assert ahead > alone / 2, f"the query left {ahead:.3f} s before the passages, which take {alone:.3f} s alone"
 
