@@ -248,11 +248,35 @@ def spawn(command: Sequence[str], **options) -> subprocess.Popen[bytes]:
     execs it (same pid), not by a preexec_fn: a function run between fork and exec in a process
     with threads can abort the child (seen in tests/test_replicas.py: a replica restarted while
     gRPC client threads ran died of abseil's mutex check, SIGABRT, before exec). Without a
-    preexec_fn Python starts the child with vfork, and nothing runs before exec."""
+    preexec_fn Python starts the child with vfork, and nothing runs before exec.
+
+    The signal follows the thread that started the child, not the process: the replica
+    supervisor restarts replicas from its own thread, which lives as long as they do."""
     setpriv = shutil.which("setpriv")
     prefix = [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
     hook = None if setpriv else die_with_parent
-    return subprocess.Popen([*prefix, *command], start_new_session=True, preexec_fn=hook, **options)
+    process = subprocess.Popen([*prefix, *command], start_new_session=True, preexec_fn=hook, **options)
+    if setpriv:
+        _wait_until_armed(process, os.path.realpath(setpriv))
+    return process
+
+
+def _wait_until_armed(process: subprocess.Popen[bytes], launcher: str, timeout: float = 10.0) -> None:
+    """Return once setpriv has exec'd the command, so its parent-death signal is set.
+
+    Popen returns while the child may still be setpriv, before its prctl. A parent killed in
+    that window leaves the command running for good: the signal is armed only after the parent
+    is gone, and never fires (seen once in CI: a `sleep` outlived its SIGKILLed parent).
+    setpriv calls prctl before exec, so a new executable means the signal is in place."""
+    exe = f"/proc/{process.pid}/exe"
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and time.monotonic() < deadline:
+        try:
+            if os.readlink(exe) != launcher:
+                return
+        except OSError:  # exited between poll() and readlink
+            return
+        time.sleep(0.001)
 
 
 def serving_flags(load_models: Sequence[str] = ("*",), *, cache_mb: int, admin_key: str | None) -> list[str]:
