@@ -24,7 +24,7 @@ from export.steps.admission import AdmissionSettings
 from export.steps.caption_decoder.decoding import DecodingSettings
 from export.steps.image_preprocess.image_processing import PreprocessSettings
 from export.steps.index.actions import IndexSettings
-from export.steps.tokenizer.tokenization import CLEANERS, load_tokenizer, token_arrays
+from export.steps.tokenizer.tokenization import TextInput, load_tokenizer, token_arrays
 from triton_embeddings.names import (
     ACTION,
     CAPTION,
@@ -105,7 +105,8 @@ class TokenizerSettings:
 
     def tokenize(self, texts: Sequence[str], outputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
         """Token arrays for `texts`, exactly as the served tokenizer emits them."""
-        encodings = self.load().encode_batch([CLEANERS[self.clean](self.prefix + text) for text in texts])
+        prepared = TextInput.from_parameters("texts", self.parameters()).prepare(texts)  # as the step reads them
+        encodings = self.load().encode_batch(prepared)
         return token_arrays(encodings, {spec.name: spec.numpy_dtype for spec in outputs})
 
     def write_file(self, model_dir: Path) -> None:

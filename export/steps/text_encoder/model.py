@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import triton_python_backend_utils as pb_utils
 from encoding import OnnxEncoder, invalid
-from tokenization import CLEANERS, decode_texts, token_arrays, tokenizer_from_parameters
+from tokenization import TextInput, token_arrays, tokenizer_from_parameters
 
 
 class TritonPythonModel(OnnxEncoder):
@@ -23,13 +23,10 @@ class TritonPythonModel(OnnxEncoder):
         super().initialize(args)
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config["parameters"].items()}
-        self.text_input = config["input"][0]["name"]
+        self.text = TextInput.from_parameters(config["input"][0]["name"], params)
         # The graph's token inputs, in the order the encoder feeds them, and their dtypes.
         self.token_dtypes = {name: np.dtype(dtype) for name, dtype in json.loads(params["token_inputs"]).items()}
         self.input_names = list(self.token_dtypes)
-        self.prefix = params.get("prefix", "")
-        self.clean = CLEANERS[params.get("clean", "none")]
-        self.max_text_bytes = int(params.get("max_text_bytes", 1 << 20))
         folder = Path(args["model_repository"]) / args["model_version"]
         self.tokenizer = tokenizer_from_parameters(params, folder)
 
@@ -38,13 +35,11 @@ class TritonPythonModel(OnnxEncoder):
         alone, naming it."""
         texts: list = []  # per request: its cleaned texts, or the response refusing it
         for request in requests:
-            tensor = pb_utils.get_input_tensor_by_name(request, self.text_input).as_numpy()
+            tensor = pb_utils.get_input_tensor_by_name(request, self.text.name).as_numpy()
             try:
-                decoded = decode_texts(tensor, self.text_input, self.max_text_bytes)
+                texts.append(self.text.prepare(self.text.decode(tensor)) or invalid("the request holds no texts"))
             except ValueError as error:
                 texts.append(invalid(str(error)))
-                continue
-            texts.append([self.clean(self.prefix + text) for text in decoded] or invalid("the request holds no texts"))
         encodings = self.tokenizer.encode_batch([text for batch in texts if isinstance(batch, list) for text in batch])
         found, start = [], 0
         for batch in texts:

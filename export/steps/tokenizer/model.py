@@ -17,19 +17,16 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 from admission import Admission, work_units
-from tokenization import CLEANERS, decode_texts, token_arrays, tokenizer_from_parameters
+from tokenization import TextInput, token_arrays, tokenizer_from_parameters
 
 
 class TritonPythonModel:
     def initialize(self, args: dict[str, str]) -> None:
         config = json.loads(args["model_config"])
         params = {key: value["string_value"] for key, value in config["parameters"].items()}
-        self.input_name = config["input"][0]["name"]
+        self.text = TextInput.from_parameters(config["input"][0]["name"], params)
         self.dtypes = {out["name"]: pb_utils.triton_string_to_numpy(out["data_type"]) for out in config["output"]}
-        self.prefix = params.get("prefix", "")
         self.pad_to_length = int(params.get("pad_to_length", "0"))
-        self.max_text_bytes = int(params.get("max_text_bytes", 1 << 20))
-        self.clean = CLEANERS[params.get("clean", "none")]
         folder = Path(args["model_repository"]) / args["model_version"]
         self.tokenizer = tokenizer_from_parameters(params, folder)
         self.admission = Admission.from_parameters(params)
@@ -53,11 +50,11 @@ class TritonPythonModel:
     def execute(self, requests: list) -> list:
         texts, errors = [], []
         for request in requests:
-            tensor = pb_utils.get_input_tensor_by_name(request, self.input_name).as_numpy()
+            tensor = pb_utils.get_input_tensor_by_name(request, self.text.name).as_numpy()
             try:
-                decoded = decode_texts(tensor, self.input_name, self.max_text_bytes)
+                decoded = self.text.decode(tensor)
                 refused = self._refused()  # before the tokenizer spends time on texts it would refuse
-                texts.append([] if refused else [self.clean(self.prefix + text) for text in decoded])
+                texts.append([] if refused else self.text.prepare(decoded))
                 errors.append(refused)
             except ValueError as error:
                 texts.append([])

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import html
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -85,6 +86,30 @@ def decode_texts(texts: np.ndarray, input_name: str, max_bytes: int) -> list[str
             raise ValueError(f"{input_name}[{index}] is an empty string; send at least one character")
         decoded.append(text)
     return decoded
+
+
+@dataclass(frozen=True)
+class TextInput:
+    """How a step reads a request's texts: its input's name, the size bound, the prompt prefix
+    and the cleaning, from the config's parameters (TokenizerSettings.parameters writes them).
+    One place, so the tokenizer step and the encoder that tokenizes refuse and prepare alike."""
+
+    name: str
+    max_bytes: int
+    prefix: str
+    clean: Callable[[str], str]
+
+    @classmethod
+    def from_parameters(cls, name: str, params: Mapping[str, str]) -> TextInput:
+        return cls(name, int(params["max_text_bytes"]), params["prefix"], CLEANERS[params["clean"]])
+
+    def decode(self, tensor: np.ndarray) -> list[str]:
+        """The texts of a [batch, 1] BYTES tensor; ValueError naming the first bad one."""
+        return decode_texts(tensor, self.name, self.max_bytes)
+
+    def prepare(self, texts: Sequence[str]) -> list[str]:
+        """Prompt prefix first, then cleaning: the order of the reference libraries."""
+        return [self.clean(self.prefix + text) for text in texts]
 
 
 def token_arrays(encodings: list[Encoding], dtypes: Mapping[str, type[np.generic]]) -> dict[str, np.ndarray]:
