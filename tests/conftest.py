@@ -38,10 +38,11 @@ CLIP_INT8 = "clip-vit-b-32-int8"  # clip-vit-b-32's weights, --precision int8, w
 CLIP_LABELS = ("cat", "dog", "a red car", "bird", "Zürich at night")
 CLIP_TEMPLATES = ("a photo of {}.", "a blurry picture of {}.")
 DOCS = "docs"  # a search collection over the default text pipeline (embedded engine)
-# --tokenize-in-encoder: the default model, and the prompted decoder with slow batching (so a
-# burst shares executions), and a collection over the first.
+# --tokenize-in-encoder: the default model, the prompted decoder with slow batching (so a
+# burst shares executions), tiny-bert with the response cache, and a collection over the first.
 ONE_STEP = "all-MiniLM-L6-v2-one-step"
 ONE_STEP_PROMPTED = "tiny-decoder-query-one-step"
+ONE_STEP_CACHED = "tiny-bert-one-step-cached"
 ONE_STEP_DOCS = "one-step-docs"
 PHOTOS = "photos"  # a search collection over clip-vit-b-32
 
@@ -88,6 +89,9 @@ def repository(
     export_text(TextExportOptions(str(tiny_models["tiny-bert"].path), IMPATIENT, repo, serving=serving))
     serving = ServingOptions(response_cache=True)
     export_text(TextExportOptions(str(tiny_models["tiny-bert"].path), CACHED, repo, serving=serving))
+    export_text(
+        TextExportOptions(str(tiny_models["tiny-bert"].path), ONE_STEP_CACHED, repo, serving, tokenize_in_encoder=True)
+    )
     for name, clip in clip_models.items():
         labels = CLIP_LABELS if name == "clip-vit-b-32" else ()
         options = ClipExportOptions(clip.arch, name, clip.pretrained, repo, labels=labels, templates=CLIP_TEMPLATES)

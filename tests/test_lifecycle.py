@@ -18,7 +18,16 @@ from export.repository.records import pipelines, remove_pipeline
 from export.runtimes import ServingOptions
 from export.serving.server import ServerOptions, TritonServer, free_port
 from export.text.pipeline import TextExportOptions, export_text
-from tests.conftest import CLIP_INT8, DOCS, INT8, ONE_STEP, ONE_STEP_DOCS, ONE_STEP_PROMPTED, PHOTOS
+from tests.conftest import (
+    CLIP_INT8,
+    DOCS,
+    INT8,
+    ONE_STEP,
+    ONE_STEP_CACHED,
+    ONE_STEP_DOCS,
+    ONE_STEP_PROMPTED,
+    PHOTOS,
+)
 from tests.helpers import embed_http
 from triton_embeddings.names import ClipPipelineNames, TextPipelineNames
 
@@ -38,6 +47,7 @@ EXPECTED = {  # name: (kind, embedding size)
     PHOTOS: ("search", 512),
     ONE_STEP: ("text", 384),
     ONE_STEP_PROMPTED: ("text", 24),
+    ONE_STEP_CACHED: ("text", 32),
     ONE_STEP_DOCS: ("search", 384),
 }
 

@@ -26,11 +26,12 @@ from export.repository.records import pipelines
 from export.runtimes import ServingOptions
 from export.text.pipeline import TextExportOptions
 from export.tools.corpus import corpus, long_texts
+from export.tools.perf_analyzer import INPUT_FILE
 from tests.conftest import ONE_STEP, ONE_STEP_DOCS, ONE_STEP_PROMPTED
 from tests.helpers import embed_grpc, embed_many
 from tests.test_parity import assert_parity
 from triton_embeddings import EmbeddingClient
-from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TEXT, TextPipelineNames
+from triton_embeddings.names import DEFAULT_TEXT_PIPELINE, TEXT, CollectionNames, TextPipelineNames
 
 
 def embed_concurrently(client: grpcclient.InferenceServerClient, model: str, texts: list[str]) -> np.ndarray:
@@ -73,20 +74,25 @@ def test_search_over_a_one_step_pipeline(server, default_st_model) -> None:
             assert abs(hit.score - float(vector @ reference[hit.id])) < 1e-4
 
 
-def test_layout_one_encoder_that_takes_texts(repository: Path) -> None:
+def test_layout_one_model_that_clients_call(repository: Path) -> None:
+    """No ensemble in front: the pipeline's name is the encoder that tokenizes, and it carries
+    the pipeline's record and the perf_analyzer input file an ensemble would."""
     names = TextPipelineNames(ONE_STEP)
-    assert pipelines(repository)[ONE_STEP].steps == (names.encoder,)
-    assert not (repository / names.tokenizer).exists()
-    encoder = read_config(repository / names.encoder)
+    record = pipelines(repository)[ONE_STEP]
+    assert (record.ensembles, record.steps) == ((ONE_STEP,), ())
+    assert not (repository / names.tokenizer).exists() and not (repository / names.encoder).exists()
+    encoder = read_config(repository / ONE_STEP)
+    assert encoder.backend == "python" and not encoder.response_cache.enable
     assert [(i.name, i.allow_ragged_batch) for i in encoder.input] == [(TEXT.name, False)]
+    assert (repository / ONE_STEP / INPUT_FILE).is_file()
     params = {key: value.string_value for key, value in encoder.parameters.items()}
     assert params["admission"] == "0" and "admission_encoder" not in params  # nothing admits by work
     assert params["tokenizer_file"] == "tokenizer.json" and params["length_input"] == "attention_mask"
     assert not encoder.dynamic_batching.HasField("default_queue_policy")  # none unless asked for
     (warmup,) = encoder.model_warmup
-    assert (repository / names.encoder / "warmup" / warmup.inputs[TEXT.name].input_data_file).is_file()
-    steps = read_config(repository / ONE_STEP).ensemble_scheduling.step
-    assert [step.model_name for step in steps] == [names.encoder]
+    assert (repository / ONE_STEP / "warmup" / warmup.inputs[TEXT.name].input_data_file).is_file()
+    search = read_config(repository / CollectionNames(ONE_STEP_DOCS).search).ensemble_scheduling.step
+    assert [step.model_name for step in search] == [ONE_STEP, CollectionNames(ONE_STEP_DOCS).index]
 
 
 @pytest.mark.parametrize(
@@ -104,8 +110,10 @@ def test_what_the_option_refuses(tmp_path: Path, serving: ServingOptions, messag
 
 def test_command_line_flag_and_queue_bounds(tmp_path: Path, tiny_models) -> None:
     command = [sys.executable, "-m", "export", "text", str(tiny_models["tiny-bert"].path), "--name", "one"]
-    command += ["--repository", str(tmp_path), "--tokenize-in-encoder", "--max-queue-size", "7"]
+    command += ["--repository", str(tmp_path), "--tokenize-in-encoder", "--max-queue-size", "7", "--response-cache"]
     subprocess.run(command, check=True, capture_output=True)
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["one", "one_encoder"]
-    policy = read_config(tmp_path / "one_encoder").dynamic_batching.default_queue_policy
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["one"]
+    config = read_config(tmp_path / "one")
+    policy = config.dynamic_batching.default_queue_policy
     assert policy.max_queue_size == 7 and policy.timeout_action == 0  # REJECT is 0, the default
+    assert config.response_cache.enable

@@ -165,7 +165,11 @@ def ensemble(
 
 
 def ensemble_steps(config: mc.ModelConfig) -> list[EnsembleStep]:
-    """The steps of an ensemble's config, to build another ensemble on the same steps."""
+    """The steps of an ensemble's config, to build another ensemble on the same steps; a model
+    clients call directly (a one-step pipeline) is itself the one step."""
+    if config.platform != "ensemble":
+        inputs, outputs = ({tensor.name: tensor.name for tensor in group} for group in (config.input, config.output))
+        return [EnsembleStep(config.name, inputs, outputs)]
     return [
         EnsembleStep(step.model_name, dict(step.input_map), dict(step.output_map))
         for step in config.ensemble_scheduling.step

@@ -1,6 +1,7 @@
 """Pipelines in a repository: what each export wrote, listed, replaced and removed as a unit.
 
-Every ensemble an exporter writes carries a `pipeline` parameter (JSON): the export's name,
+Every model clients call carries a `pipeline` parameter (JSON): each ensemble an exporter
+writes, or a one-step pipeline's one model (no ensemble in front). The record holds the export's name,
 kind, runtime, precision, embedding size and every model folder it wrote. That record is
 how `list` finds pipelines, how `remove` knows exactly what to delete (and nothing else),
 and how a new export of the same name drops models the old one had and the new one has not.
@@ -30,8 +31,8 @@ class PipelineRecord:
     runtime: str
     precision: str
     embedding_size: int
-    ensembles: tuple[str, ...]  # what clients call
-    steps: tuple[str, ...]  # what the ensembles call
+    ensembles: tuple[str, ...]  # what clients call: ensembles, or a one-step pipeline's model
+    steps: tuple[str, ...]  # what the ensembles call (none for a one-step pipeline)
     uses: str = ""  # a search collection: the pipeline whose steps its ensembles call
 
     @property
@@ -47,16 +48,16 @@ class PipelineRecord:
         return cls(**values | {key: tuple(values[key]) for key in ("ensembles", "steps")})
 
     def parameters(self) -> dict[str, str]:
-        """What an ensemble config carries to be found again."""
+        """What the config of a model clients call carries, to be found again."""
         return {RECORD_PARAMETER: self.to_json()}
 
 
 def pipelines(repository: Path) -> dict[str, PipelineRecord]:
-    """The pipelines in `repository`, by name, read from their ensembles' configs."""
+    """The pipelines in `repository`, by name, read from the configs of the models clients call."""
     found: dict[str, PipelineRecord] = {}
     for model in model_names(repository):
         config = read_config(repository / model)
-        if config.platform == "ensemble" and RECORD_PARAMETER in config.parameters:
+        if RECORD_PARAMETER in config.parameters:
             record = PipelineRecord.from_json(config.parameters[RECORD_PARAMETER].string_value)
             found.setdefault(record.name, record)
     return dict(sorted(found.items()))

@@ -14,7 +14,7 @@ initialization (or, with TensorRT, for building engines).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from tritonclient.grpc import model_config_pb2 as mc
@@ -61,12 +61,22 @@ def write_encoder(model_dir: Path, encoder: EncoderModel, serving: ServingOption
 
 
 def write_text_encoder(
-    model_dir: Path, encoder: EncoderModel, serving: ServingOptions, tokenizer: TokenizerSettings, text: TensorSpec
+    model_dir: Path,
+    encoder: EncoderModel,
+    serving: ServingOptions,
+    tokenizer: TokenizerSettings,
+    text: TensorSpec,
+    parameters: Mapping[str, str],
 ) -> mc.ModelConfig:
     """An encoder that tokenizes `text` itself (python runtime only: the tokenizer runs in its
-    Python-backend model); config.pbtxt, model.py and tokenizer.json beside the ONNX file."""
+    Python-backend model); config.pbtxt, model.py and tokenizer.json beside the ONNX file.
+    Clients call it directly, so it carries what an ensemble would: `parameters` (the
+    pipeline's record) and the response cache if asked for."""
     if serving.runtime != "python":
         raise ValueError(f"only the python runtime tokenizes inside the encoder, not {serving.runtime!r}")
     config = python_text_encoder(model_dir, encoder, serving, tokenizer, text)
+    config.response_cache.enable = serving.cache()
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
     model_config.write_config(config, model_dir)
     return config

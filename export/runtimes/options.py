@@ -104,7 +104,8 @@ class ServingOptions:
                 raise InvalidArgumentError(f"--tensorrt-{name} needs 1 <= min <= opt <= max, got {triple}")
 
     def cache(self) -> bool:
-        """Whether the ensembles use the server's response cache."""
+        """Whether the models clients call (ensembles, a one-step pipeline's model) use the
+        server's response cache."""
         return DEFAULTS[self.runtime].response_cache if self.response_cache is None else self.response_cache
 
     def admission_ms(self) -> int:

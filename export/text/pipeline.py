@@ -5,8 +5,9 @@ Three models, named by `names.TextPipelineNames`:
 - `<name>_encoder`: the ONNX graph (transformer, pooling, normalize) on the chosen runtime;
 - `<name>`: the ensemble clients call, TEXT -> EMBEDDING.
 
-With `tokenize_in_encoder` (python runtime), two: `<name>_encoder` takes TEXT and tokenizes
-itself (steps/text_encoder), and the ensemble has that one step.
+With `tokenize_in_encoder` (python runtime), one: `<name>` is the encoder, which takes TEXT and
+tokenizes itself (steps/text_encoder). Clients call it directly: an ensemble of one step would
+only add its own hop (docs/performance.md, "Tokenizer and encoder in one step").
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from export.text.model import TextModel, load_text_model
 from export.text.trace import check_text_onnx, export_text_onnx
 from export.tools.payloads import odd_texts
 from export.tools.payloads import texts as generated_texts
+from export.tools.perf_analyzer import write_pipeline_input
 from export.validation import DEFAULT_OPSET, Agreement
 from triton_embeddings.names import EMBEDDING, INPUT_IDS, TEXT, TextPipelineNames
 
@@ -101,10 +103,12 @@ def export_text(options: TextExportOptions) -> TextExport:
         precision=options.precision,
         embedding_size=text_model.dimension,
         ensembles=(names.ensemble,),
-        steps=(names.encoder,) if options.tokenize_in_encoder else names.steps,
+        steps=() if options.tokenize_in_encoder else names.steps,
     )
+    # One step: the encoder is the model clients call, so its folder is the pipeline's name.
+    encoder_name = names.ensemble if options.tokenize_in_encoder else names.encoder
     with staged_pipeline(options.repository, record) as staging:
-        onnx_path = version_dir(staging / names.encoder) / ONNX_FILE
+        onnx_path = version_dir(staging / encoder_name) / ONNX_FILE
         export_text_onnx(text_model, onnx_path, opset=options.opset)
         agreement = precision_pass(
             options.precision,
@@ -114,7 +118,7 @@ def export_text(options: TextExportOptions) -> TextExport:
         )
         longest = text_model.tokenizer.max_length
         encoder = EncoderModel(
-            name=names.encoder,
+            name=encoder_name,
             inputs=text_model.inputs,
             output=EMBEDDING.with_dims(text_model.dimension),
             batching=encoder_batching,
@@ -125,7 +129,8 @@ def export_text(options: TextExportOptions) -> TextExport:
         )
         tokenizer = replace(text_model.tokenizer, max_text_bytes=options.max_text_bytes)
         if options.tokenize_in_encoder:
-            runtimes.write_text_encoder(staging / names.encoder, encoder, serving, tokenizer, TEXT)
+            runtimes.write_text_encoder(staging / encoder_name, encoder, serving, tokenizer, TEXT, record.parameters())
+            write_pipeline_input(staging / encoder_name, TEXT)
         else:
             runtimes.write_encoder(staging / names.encoder, encoder, serving)
             write_tokenizer(
@@ -137,7 +142,7 @@ def export_text(options: TextExportOptions) -> TextExport:
                 tokenizer_batching,
                 serving.admission(names.encoder),
             )
-        write_text_ensemble(staging / names.ensemble, names, text_model, serving, record)
+            write_text_ensemble(staging / names.ensemble, names, text_model, serving, record)
     return TextExport(record, text_model.tokenizer.max_length, agreement, options.repository)
 
 
@@ -153,16 +158,12 @@ def _calibration_feeds(text_model: TextModel, batch: int = 32) -> Iterator[dict[
 def write_text_ensemble(
     model_dir: Path, names: TextPipelineNames, text_model: TextModel, serving: ServingOptions, record: PipelineRecord
 ) -> None:
-    """TEXT -> tokenizer -> token tensors -> encoder -> EMBEDDING, or TEXT -> encoder ->
-    EMBEDDING when the encoder tokenizes (the record's steps say which)."""
+    """TEXT -> tokenizer -> token tensors -> encoder -> EMBEDDING."""
     output = EMBEDDING.with_dims(text_model.dimension)
-    if record.steps == (names.encoder,):
-        steps = [EnsembleStep.chain(names.encoder, [TEXT], [output])]
-    else:
-        steps = [
-            EnsembleStep.chain(names.tokenizer, [TEXT], text_model.inputs),
-            EnsembleStep.chain(names.encoder, text_model.inputs, [output]),
-        ]
+    steps = [
+        EnsembleStep.chain(names.tokenizer, [TEXT], text_model.inputs),
+        EnsembleStep.chain(names.encoder, text_model.inputs, [output]),
+    ]
     max_batch_size = serving.batching()[1].max_batch_size
     write_ensemble(
         model_dir, [TEXT], [output], steps, max_batch_size, record.parameters(), response_cache=serving.cache()
