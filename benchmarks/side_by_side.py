@@ -2,9 +2,10 @@
 
 Text: all-MiniLM-L6-v2 (its offline copy), fp32 (and int8 where said), 6-18 word texts, one
 text per request, at each concurrency:
-  1. onnxruntime in-process on the exported encoders (fp32, int8), tokenization included,
-     batch 1 and 32;
-  2. sentence-transformers in-process (`encode`), batch 1 and 32;
+  1. onnxruntime in-process on the exported encoders (fp32, int8), tokenization included, at
+     batch N just before the served rows at concurrency N (so both sides of a served /
+     in-process ratio are measured in the same minutes);
+  2. sentence-transformers in-process (`encode`), batch N likewise;
   3. this project's ensemble over gRPC and HTTP (perf_analyzer), and HTTP JSON (wrk); the
      int8 pipeline, and the fp32 one exported with --tokenize-in-encoder, over gRPC;
   4. a minimal FastAPI gateway in front of the same Triton (benchmarks/fastapi_gateway.py),
@@ -19,7 +20,7 @@ The image rows include the CLIP pipeline exported with `--precision int8` (both 
 
 Mixed lengths (`--rows mixed`): MiniLM fp32 and int8 on texts from 2-8 words to passages past
 the 256-token limit (payloads.LENGTH_MIX), the traffic where length groups and int8 matter:
-onnxruntime in-process at batch 32, the ensembles over gRPC, the FastAPI gateway.
+onnxruntime in-process at batch N, the ensembles over gRPC, the FastAPI gateway.
 
 GPU proxy (`--rows tiny`, benchmarks/gpu_proxy.py): the same texts and tokenizer with a
 2-layer, 32-wide random BERT as the encoder, so the serving path dominates as on a GPU: the
@@ -103,10 +104,10 @@ def export_models(repository: Path, rows: list[str], images: bool, tiny_folder: 
         export_clip(ClipExportOptions("ViT-B-32", CLIP_INT8.name, "none", repository, precision="int8"))
 
 
-def in_process_text(
-    repository: Path, texts: list[str], seconds: float, sizes: tuple[int, ...] = (1, 32), prefix: str = ""
-) -> list[Row]:
-    """onnxruntime on the exported fp32 and int8 encoders, and sentence-transformers."""
+def in_process_text(repository: Path, texts: list[str], seconds: float, prefix: str = "") -> Load:
+    """onnxruntime on the exported fp32 and int8 encoders, and sentence-transformers, at batch
+    N beside the served rows at concurrency N: measured in the same minutes, so that a drift of
+    this shared machine moves both sides of the served / in-process ratio alike."""
     from sentence_transformers import SentenceTransformer
 
     encoders = {
@@ -114,27 +115,31 @@ def in_process_text(
         for label, names in (("", TextPipelineNames(DEFAULT_TEXT_PIPELINE)), (" int8", INT8))
     }
     model = SentenceTransformer(str(default_model_path()), device="cpu")
-    rows = []
-    for batch in sizes:
-        pick = batches(texts, batch)
+
+    def load(batch: int) -> list[Row]:
+        pick, rows = batches(texts, batch), []
         for label, encode in encoders.items():
-            rate, p50, p99 = time_calls(lambda i, pick=pick, encode=encode: encode(pick(i)), batch, seconds)
+            rate, p50, p99 = time_calls(lambda i, encode=encode: encode(pick(i)), batch, seconds)
             rows.append(Row(f"{prefix}onnxruntime{label} in-process, batch {batch}".lstrip(), None, rate, p50, p99))
-        rate, p50, p99 = time_calls(lambda i, pick=pick, b=batch: model.encode(pick(i), batch_size=b), batch, seconds)
+        rate, p50, p99 = time_calls(lambda i: model.encode(pick(i), batch_size=batch), batch, seconds)
         rows.append(Row(f"{prefix}sentence-transformers in-process, batch {batch}".lstrip(), None, rate, p50, p99))
-    return rows
+        return rows
+
+    return load
 
 
-def in_process_tiny(repository: Path, texts: list[str], seconds: float) -> list[Row]:
-    """The tiny encoder in-process: the floor a served request could reach."""
+def in_process_tiny(repository: Path, texts: list[str], seconds: float) -> Load:
+    """The tiny encoder in-process: the floor a served request could reach (batch N beside
+    concurrency N, as above)."""
     names = TextPipelineNames(TINY_PIPELINE)
     encode = onnx_text_encoder(repository / names.tokenizer, repository / names.encoder)
-    rows = []
-    for batch in (1, 32):
+
+    def load(batch: int) -> list[Row]:
         pick = batches(texts, batch)
-        rate, p50, p99 = time_calls(lambda i, pick=pick: encode(pick(i)), batch, seconds)
-        rows.append(Row(f"{TINY} onnxruntime in-process, batch {batch}", None, rate, p50, p99))
-    return rows
+        rate, p50, p99 = time_calls(lambda i: encode(pick(i)), batch, seconds)
+        return [Row(f"{TINY} onnxruntime in-process, batch {batch}", None, rate, p50, p99)]
+
+    return load
 
 
 def served_tiny(server: TritonServer, texts: list[str], seconds: float, work: Path) -> Load:
@@ -333,16 +338,20 @@ def main() -> None:
         (work / "tiny").mkdir()
         (work / "mixed").mkdir()
         export_models(repository, args.rows, with_images, work / "tiny_model")
-        text_rows, tiny_rows, mixed_rows = [], [], []
+        minilm, tiny, mixed = [], [], []  # in-process first at each level, then the servers
         if "in-process" not in args.skip:
-            text_rows = in_process_text(repository, texts, args.seconds) if "minilm" in args.rows else []
-            tiny_rows = in_process_tiny(repository, texts, args.seconds) if "tiny" in args.rows else []
+            if "minilm" in args.rows:
+                minilm.append(in_process_text(repository, texts, args.seconds))
+            if "tiny" in args.rows:
+                tiny.append(in_process_tiny(repository, texts, args.seconds))
             if "mixed" in args.rows:
-                mixed_rows = in_process_text(repository, mixed_texts, args.seconds, (32,), f"{MIXED} ")
+                mixed.append(in_process_text(repository, mixed_texts, args.seconds, f"{MIXED} "))
         server = stack.enter_context(triton(repository, work / "triton.log"))
         # Every server is up before any is measured, and each concurrency level measures them
         # one after the other: drifts of this shared machine then hit all systems alike.
-        minilm, tiny, mixed = served_loads(stack, server, repository, texts, mixed_texts, args, work)
+        served = served_loads(stack, server, repository, texts, mixed_texts, args, work)
+        minilm, tiny, mixed = minilm + served[0], tiny + served[1], mixed + served[2]
+        text_rows, tiny_rows, mixed_rows = [], [], []
         for level in args.concurrency:
             for load in minilm:
                 text_rows += load(level)
