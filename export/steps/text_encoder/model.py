@@ -1,9 +1,10 @@
 """Triton Python-backend model: texts in, embeddings out, tokenizer and encoder in one process.
 
 The same work as the tokenizer step followed by the onnx_encoder step (tokenization.py, then
-encoding.py), without the hop between them: one stub round trip and one ensemble step fewer
-per request, which is most of the serving path's fixed cost (docs/performance.md, "Tokenizer
-and encoder in one step"). The price: tokenizing no longer overlaps encoding in another
+encoding.py), without the hop between them: one stub round trip fewer per request. Clients
+call this model by the pipeline's name, with no ensemble in front, which saves that hop too:
+together most of the serving path's fixed cost (docs/performance.md, "Tokenizer and encoder
+in one step"). The price: tokenizing no longer overlaps encoding in another
 process, and there is no entry step to admit requests by work before they queue here.
 """
 
