@@ -69,7 +69,7 @@ nginx:
 	@dpkg -s nginx >/dev/null 2>&1 || { $(SUDO) apt-get update && $(SUDO) apt-get install -y nginx && \
 		{ $(SUDO) systemctl disable --now nginx 2>/dev/null || $(SUDO) nginx -s quit 2>/dev/null || true; }; }
 
-# The side-by-side benchmark (docs/benchmarks.md): about 20 minutes, figures in reports/bench (text on short and on
+# The side-by-side benchmark (docs/benchmarks.md): about 26 minutes, figures in reports/bench (text on short and on
 # mixed-length texts, the GPU-proxy rows with a tiny encoder, image fp32 and int8); `$(PY) -m benchmarks.side_by_side --rows tiny` runs the GPU proxy alone.
 bench: $(VENV)/.installed-bench $(PERF_ANALYZER) bench-tools
 	$(PY) -m benchmarks.side_by_side --out reports/bench
