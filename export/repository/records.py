@@ -1,10 +1,11 @@
 """Pipelines in a repository: what each export wrote, listed, replaced and removed as a unit.
 
 Every model clients call carries a `pipeline` parameter (JSON): each ensemble an exporter
-writes, or a one-step pipeline's one model (no ensemble in front). The record holds the export's name,
-kind, runtime, precision, embedding size and every model folder it wrote. That record is
-how `list` finds pipelines, how `remove` knows exactly what to delete (and nothing else),
-and how a new export of the same name drops models the old one had and the new one has not.
+writes, or a one-step pipeline's one model (no ensemble in front). The record holds the
+export's name, kind, runtime, precision, embedding size and every model folder it wrote. That
+record is how `list` finds pipelines, how `remove` knows exactly what to delete (and nothing
+else), and how a new export of the same name drops models the old one had and the new one
+has not.
 """
 
 from __future__ import annotations

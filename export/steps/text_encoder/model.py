@@ -4,8 +4,8 @@ The same work as the tokenizer step followed by the onnx_encoder step (tokenizat
 encoding.py), without the hop between them: one stub round trip fewer per request. Clients
 call this model by the pipeline's name, with no ensemble in front, which saves that hop too:
 together most of the serving path's fixed cost (docs/performance.md, "Tokenizer and encoder
-in one step"). The price: tokenizing no longer overlaps encoding in another
-process, and there is no entry step to admit requests by work before they queue here.
+in one step"). The price: tokenizing no longer overlaps encoding in another process, and
+there is no entry step to admit requests by work before they queue here.
 """
 
 from __future__ import annotations
