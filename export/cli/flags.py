@@ -159,7 +159,8 @@ def add_serving(parser: argparse.ArgumentParser, python_step: str) -> None:
     parser.add_argument(
         "--response-cache",
         action=argparse.BooleanOptionalAction,
-        help="ensembles answer a request identical to an earlier one from the server's cache (serve --cache-mb) "
+        help="the models clients call (ensembles, a one-step pipeline's model) answer a request identical to an "
+        "earlier one from the server's cache (serve --cache-mb) "
         f"(default: {'on' if DEFAULTS['python'].response_cache else 'off'})",
     )
     parser.add_argument("--opset", type=int, metavar="N", default=17, help="ONNX opset (default: 17)")

@@ -55,7 +55,7 @@ def _run_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([asdict(record) for record in found.values()]))
         return 0
-    print("| pipeline | kind | embedding size | runtime | precision | ensembles | steps |")
+    print("| pipeline | kind | embedding size | runtime | precision | clients call | steps |")
     print("|---|---|---|---|---|---|---|")
     for r in found.values():
         row = [r.name, r.kind, r.embedding_size, r.runtime, r.precision, ", ".join(r.ensembles), ", ".join(r.steps)]
